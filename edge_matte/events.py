@@ -1,0 +1,64 @@
+"""Typed events and a tiny thread-safe fan-out bus.
+
+Stages emit events (plate captured, camera lost, engine fallback, ...); the daemon logs them and
+the MQTT control publishes them. Stages only know `emit`, never who listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth telling an operator about."""
+
+    kind: str  # dotted name, e.g. "plate.captured", "source.lost", "engine.fallback"
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "data": self.data, "time": self.time}
+
+
+Emit = Callable[[Event], None]
+
+
+def log_only(event: Event) -> None:
+    """An `Emit` for code run without a bus (offline CLI, tests)."""
+    _LOG.info("%s: %s", event.kind, event.message)
+
+
+class EventBus:
+    """Fan events out to subscribers; a failing subscriber is logged, never propagated."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[Emit] = []
+
+    def subscribe(self, callback: Emit) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Emit) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    def emit(self, event: Event) -> None:
+        _LOG.info("event %s: %s", event.kind, event.message)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:  # a broken listener must not break the pipeline
+                _LOG.exception("event subscriber failed for %s", event.kind)

@@ -1,0 +1,46 @@
+"""The data that flows through the pipeline: frames in, mattes out.
+
+Images are NumPy arrays in OpenCV's convention (BGR, uint8, HxWx3) at the pipeline boundary;
+alpha is float32 HxW in [0, 1]. Engines convert to their own tensors internally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One captured frame and what is known about it."""
+
+    image: np.ndarray  # [H, W, 3] uint8 BGR
+    index: int  # sequence number from the source, monotonic
+    time: float  # time.monotonic() when captured; used for latency
+    truth_alpha: np.ndarray | None = None  # [H, W] float32, only from the synthetic scene
+    truth_background: np.ndarray | None = None  # [H, W, 3] uint8 BGR, only from the synthetic scene
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.image.shape[1], self.image.shape[0]
+
+
+@dataclass
+class Matte:
+    """What an engine returns for one frame."""
+
+    alpha: np.ndarray  # [H, W] float32 in [0, 1]
+    foreground: np.ndarray  # [H, W, 3] uint8 BGR, the subject's colour with background spill removed
+    engine: str  # which engine produced it, e.g. "torch-cpu", "classic"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source really delivers (may differ from what was asked)."""
+
+    uri: str
+    width: int
+    height: int
+    fps: float
