@@ -1,0 +1,135 @@
+"""`edge-matte` command line: one subcommand per job, each module imported only when used.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid config or arguments (nothing started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError, EdgeMatteError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from .daemon import Daemon
+
+    cfg = config_mod.load(args.config)
+    logging.getLogger().setLevel(cfg.log_level)
+    daemon = Daemon(cfg, args.config)
+    for url in daemon.urls():
+        print(f"edge-matte: open {url} in VLC or ffplay", flush=True)
+    return daemon.run()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from .daemon import check_config
+
+    problems = check_config(args.file)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print(f"{args.file}: ok")
+    return EXIT_USAGE if problems else 0
+
+
+def _matte(args: argparse.Namespace) -> int:
+    from .offline import matte_command
+
+    return matte_command(args)
+
+
+def _plate_build(args: argparse.Namespace) -> int:
+    from .offline import plate_build_command
+
+    return plate_build_command(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import bench_command
+
+    return bench_command(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import main_calibrate
+
+    return main_calibrate(args)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from .install import main_install
+
+    return main_install(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-matte", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon (camera -> matte -> composite -> RTSP)")
+    run.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in defaults)")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 naming each problem")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_check_config)
+
+    from .offline import add_matte_arguments, add_plate_build_arguments
+
+    matte = sub.add_parser("matte", help="matte images or a video offline")
+    add_matte_arguments(matte)
+    matte.set_defaults(func=_matte)
+
+    plate = sub.add_parser("plate", help="background plate tools").add_subparsers(dest="plate_command", required=True)
+    build = plate.add_parser("build", help="build a plate from a recording of the room (may never be empty)")
+    add_plate_build_arguments(build)
+    build.set_defaults(func=_plate_build)
+
+    from .bench import add_bench_arguments
+
+    bench = sub.add_parser("bench", help="measure ms/frame of the model, the stages and the pipeline")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
+
+    from .calibrate import add_arguments as add_calibrate_arguments
+
+    calibrate = sub.add_parser("calibrate", help="measure the empty scene and write a calibration profile")
+    add_calibrate_arguments(calibrate)
+    calibrate.set_defaults(func=_calibrate)
+
+    from .install import add_arguments as add_install_arguments
+
+    install = sub.add_parser("install-service", help="install (or --uninstall) the systemd service")
+    add_install_arguments(install)
+    install.set_defaults(func=_install)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"edge-matte: config error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgeMatteError as err:
+        print(f"edge-matte: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Choose the best available engine and fall back along the chain when one fails.
+
+Order: trt (torch2trt FP16 on a Jetson) -> torch-cuda (FP16) -> torch-cpu (FP32) -> classic
+(weight-free). Without weights only `classic` is possible. Every step down is an event, and
+the engine in use is always reported, so a degraded appliance is visible rather than silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from ..config import MattingConfig
+from ..errors import EngineError
+from ..events import Emit, Event
+from ..frames import Matte
+from ..profile import Profile
+from . import MattingEngine
+
+_LOG = logging.getLogger(__name__)
+
+CHAIN = ("trt", "torch-cuda", "torch-cpu", "classic")
+
+Builder = Callable[[MattingConfig, "Profile | None"], MattingEngine]
+
+
+def _build_trt(config: MattingConfig, profile: Profile | None) -> MattingEngine:
+    try:
+        from .trt import TrtEngine  # torch2trt exists only on Jetsons
+    except ImportError as err:
+        raise EngineError(f"trt: not available here ({err})") from err
+    return TrtEngine(config)
+
+
+def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> MattingEngine:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise EngineError("torch-cuda: no CUDA device is available")
+    from .torch_engine import TorchEngine
+
+    return TorchEngine(config, device="cuda")
+
+
+def _build_torch_cpu(config: MattingConfig, profile: Profile | None) -> MattingEngine:
+    from .torch_engine import TorchEngine
+
+    return TorchEngine(config, device="cpu")
+
+
+def _build_classic(config: MattingConfig, profile: Profile | None) -> MattingEngine:
+    from .classic import ClassicEngine
+
+    return ClassicEngine(config.classic, noise_floor=profile.noise_floor if profile else None)
+
+
+BUILDERS: Mapping[str, Builder] = {
+    "trt": _build_trt,
+    "torch-cuda": _build_torch_cuda,
+    "torch-cpu": _build_torch_cpu,
+    "classic": _build_classic,
+}
+
+
+def candidates(config: MattingConfig) -> list[str]:
+    """Engines to try, best first, for this config."""
+    if config.weights is None:
+        return ["classic"]
+    if config.engine == "auto":
+        return list(CHAIN)
+    return list(CHAIN[CHAIN.index(config.engine) :])
+
+
+class EngineChain:
+    """The engine in use plus the ones below it; `matte` falls back on an EngineError."""
+
+    def __init__(
+        self,
+        config: MattingConfig,
+        emit: Emit,
+        profile: Profile | None = None,
+        builders: Mapping[str, Builder] = BUILDERS,
+    ) -> None:
+        self._config = config
+        self._emit = emit
+        self._profile = profile
+        self._builders = builders
+        self._wanted = candidates(config)
+        self._remaining = list(self._wanted)
+        self.engine: MattingEngine = self._next(reason="start")
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def degraded(self) -> bool:
+        """True when running below the best engine this config asked for."""
+        return self.engine.name != self._wanted[0]
+
+    def matte(self, image: np.ndarray, plate: np.ndarray) -> Matte:
+        """Matte with the current engine; on failure fall back once and retry the frame."""
+        try:
+            return self.engine.matte(image, plate)
+        except EngineError as err:
+            self.engine.close()
+            self.engine = self._next(reason=f"{self.engine.name} failed: {err}")
+            return self.engine.matte(image, plate)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _next(self, reason: str) -> MattingEngine:
+        failures = []
+        while self._remaining:
+            name = self._remaining.pop(0)
+            try:
+                engine = self._builders[name](self._config, self._profile)
+            except EngineError as err:
+                failures.append(f"{name}: {err}")
+                _LOG.warning("engine %s unavailable: %s", name, err)
+                continue
+            if reason != "start" or failures:
+                self._emit(Event("engine.fallback", f"using {name} ({reason})", {"engine": name, "reason": reason, "skipped": failures}))
+            return engine
+        raise EngineError("no matting engine could be started: " + "; ".join(failures or [reason]))

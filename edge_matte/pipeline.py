@@ -1,0 +1,244 @@
+"""The always-on pipeline: capture -> plate/matte -> composite -> RTSP, one thread per stage.
+
+Stages hand over through one-item `LatestSlot`s, so a slow stage makes the one before it drop
+stale frames (counted) instead of queueing without bound. Each loop beats the watchdog on every
+pass, including idle passes, so only a genuinely hung stage stops the systemd pings.
+
+Full-frame copies per frame in the hot path (BGR uint8): capture (1, the reader thread's
+resize/copy out of the device buffer), engine input conversion (inside the engine), composite (1
+output buffer), RTSP push (1, into the GStreamer buffer). Views (alpha/debug) add one each only when
+those outputs are enabled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .capture.opener import open_source
+from .capture.resilient import ResilientSource
+from .compose import Compositor, alpha_view, debug_view, no_signal
+from .config import Config
+from .engine.select import EngineChain
+from .errors import EdgeMatteError, EngineError, SourceEnded, SourceError
+from .events import Emit, Event
+from .frames import Frame, Matte
+from .plate import PlateKeeper
+from .profile import Profile
+from .slot import LatestSlot
+from .stats import LatencyWindow, StageStats
+from .stream import RtspServer
+
+_LOG = logging.getLogger(__name__)
+
+POLL_S = 0.25  # longest a stage waits before beating the watchdog again
+
+Beat = Callable[[str], None]
+
+
+@dataclass
+class Result:
+    """What the matting stage hands to the output stage."""
+
+    frame: Frame | None  # None: no signal
+    matte: Matte | None  # None: no plate yet, or idle (see `idle`)
+    idle: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Owns the stages of one configuration; `Daemon` replaces it when stages must restart."""
+
+    def __init__(self, config: Config, emit: Emit, beat: Beat, profile: Profile | None = None) -> None:
+        self.config = config
+        self._emit = emit
+        self._beat = beat
+        src = config.source
+        self.size = (src.width, src.height)
+        self.source = ResilientSource(lambda: open_source(src), src, emit)
+        self.plate = PlateKeeper(config.plate, config.resolved_plate_path(), src.uri, emit, profile, fps=src.fps)
+        self.engine = EngineChain(config.matting, emit, profile)
+        self.compositor = Compositor(config.compose, config.resolved_media_dir())
+        self.stream = RtspServer(config.stream, src.width, src.height, src.fps) if config.stream.enabled else None
+        self.stats = {name: StageStats(name) for name in ("capture", "matte", "output")}
+        self.latency = LatencyWindow()
+        self.first_output = threading.Event()
+        self.failed: str | None = None
+        self._frames: LatestSlot[Frame] = LatestSlot()
+        self._results: LatestSlot[Result] = LatestSlot()
+        self._stop = threading.Event()
+        self._snapshot_lock = threading.Lock()
+        self._last_output: np.ndarray | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the RTSP server and the three stage threads."""
+        self.plate.restore(*self.size)
+        if self.stream is not None:
+            self.stream.start()
+        for name, target in (("capture", self._capture_loop), ("matte", self._matte_loop), ("output", self._output_loop)):
+            thread = threading.Thread(target=self._guard, args=(name, target), name=f"edge-matte-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop every stage and release the source, engine and server."""
+        self._stop.set()
+        self._frames.close()
+        self._results.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                _LOG.error("stage thread %s did not stop in time", thread.name)
+        self.source.close()
+        self.engine.close()
+        if self.stream is not None:
+            self.stream.stop()
+
+    @property
+    def running(self) -> bool:
+        return not self._stop.is_set() and self.failed is None
+
+    def snapshot(self) -> np.ndarray | None:
+        """The last composited frame (BGR uint8), or None before the first."""
+        with self._snapshot_lock:
+            return None if self._last_output is None else self._last_output.copy()
+
+    def _guard(self, name: str, loop: Callable[[], None]) -> None:
+        """Run a stage loop; an unexpected error stops the pipeline so the daemon can act on it."""
+        try:
+            loop()
+        except Exception as err:  # supervision boundary: log with traceback, report, stop
+            _LOG.exception("stage %s crashed", name)
+            self.failed = f"{name}: {err}"
+            self._emit(Event("pipeline.failed", f"stage {name} crashed: {err}", {"stage": name}))
+            self._stop.set()
+            self._frames.close()
+            self._results.close()
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        stats = self.stats["capture"]
+        ended = False
+        while not self._stop.is_set():
+            self._beat("capture")
+            started = time.monotonic()
+            try:
+                frame = self.source.read(POLL_S)
+            except SourceEnded:
+                if not ended:
+                    self._emit(Event("source.ended", "the source reached its end"))
+                ended = True
+                self._stop.wait(POLL_S)
+                continue
+            except SourceError:  # timeout or failure: ResilientSource reconnects by itself
+                continue
+            ended = False
+            stats.record(time.monotonic() - started)
+            self._frames.put(frame)
+            stats.dropped = self._frames.dropped
+
+    def _matte_loop(self) -> None:
+        stats = self.stats["matte"]
+        while not self._stop.is_set():
+            self._beat("matte")
+            frame = self._frames.get(POLL_S)
+            if frame is None:  # nothing new within POLL_S: show "no signal" if the camera is gone
+                if not self._stop.is_set() and not self.source.connected:
+                    self._results.put(Result(frame=None, matte=None))
+                continue
+            started = time.monotonic()
+            result = self._matte(frame)
+            result.timings["matte"] = (time.monotonic() - started) * 1000.0
+            stats.record(time.monotonic() - started)
+            self._results.put(result)
+            stats.dropped = self._results.dropped
+
+    def _matte(self, frame: Frame) -> Result:
+        plate = self.plate.plate
+        if plate is None:
+            self.plate.observe(frame, None)
+            return Result(frame=frame, matte=None)
+        if self.plate.is_idle(frame):
+            self.plate.observe(frame, None)
+            return Result(frame=frame, matte=None, idle=True)
+        started = time.monotonic()
+        try:
+            matte = self.engine.matte(frame.image, plate)
+        except EngineError as err:  # the whole chain is exhausted
+            raise EdgeMatteError(f"no engine can matte: {err}") from err
+        infer_ms = (time.monotonic() - started) * 1000.0
+        self.plate.observe(frame, matte)
+        return Result(frame=frame, matte=matte, timings={"infer": infer_ms})
+
+    def _output_loop(self) -> None:
+        stats = self.stats["output"]
+        while not self._stop.is_set():
+            self._beat("output")
+            result = self._results.get(POLL_S)
+            if result is None:
+                continue
+            started = time.monotonic()
+            views = self._render(result)
+            if self.stream is not None:
+                for name, image in views.items():
+                    self.stream.push(name, image)
+            with self._snapshot_lock:
+                self._last_output = views["composite"]
+            stats.record(time.monotonic() - started)
+            if result.frame is not None:
+                self.latency.add(time.monotonic() - result.frame.time)
+            self.first_output.set()
+
+    def _render(self, result: Result) -> dict[str, np.ndarray]:
+        """The composite plus whichever of the alpha/debug views are served."""
+        width, height = self.size
+        if result.frame is None:
+            card = no_signal(self.compositor.background(width, height), self._no_signal_text())
+            return {name: card for name in self._outputs()}
+        image = result.frame.image
+        matte = result.matte
+        if result.idle:
+            matte = Matte(np.zeros(image.shape[:2], np.float32), image, "idle")
+        if matte is None:  # no plate yet: show the room as it is while the plate is learnt
+            composite, matte = image, Matte(np.ones(image.shape[:2], np.float32), image, "none")
+        else:
+            composite = self.compositor.composite(image, matte)
+        views = {"composite": composite}
+        outputs = self._outputs()
+        if "alpha" in outputs:
+            views["alpha"] = alpha_view(matte)
+        if "debug" in outputs:
+            views["debug"] = debug_view(image, matte, composite, result.timings)
+        return views
+
+    def _outputs(self) -> list[str]:
+        return ["composite", *[name for name in self.config.stream.outputs if name != "composite"]]
+
+    def _no_signal_text(self) -> str:
+        error = self.source.last_error or "waiting for the camera"
+        return f"{self.config.source.uri.split('@')[-1]}: {error}"
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def telemetry(self) -> dict:
+        """Per-stage counters and timings, latency, engine, clients."""
+        return {
+            "stages": {name: stats.snapshot() for name, stats in self.stats.items()},
+            "latency": self.latency.percentiles(),
+            "engine": self.engine.name,
+            "degraded": self.engine.degraded,
+            "rtsp_clients": self.stream.client_count() if self.stream is not None else 0,
+            "source_connected": self.source.connected,
+            "source_reconnects": self.source.reconnects,
+            "plate": self.plate.stats(),
+        }
