@@ -30,11 +30,17 @@ SIZES = {"480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="480p,720p,1080p", help=f"comma list of {','.join(SIZES)}")
+    parser.add_argument(
+        "--sizes", default="480p,720p,1080p", help=f"comma list of {','.join(SIZES)}"
+    )
     parser.add_argument("--weights", type=Path, help="checkpoint to time (default: random weights)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per row (after 2 warm-ups)")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed runs per row (after 2 warm-ups)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    parser.add_argument("--pipeline", action="store_true", help="also run the whole pipeline on test:// at 720p")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="also run the whole pipeline on test:// at 720p"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="pipeline run length")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
 
@@ -88,7 +94,10 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": round(float(np.median(samples)), 2), "p95_ms": round(float(np.percentile(samples, 95)), 2)}
+    return {
+        "median_ms": round(float(np.median(samples)), 2),
+        "p95_ms": round(float(np.percentile(samples, 95)), 2),
+    }
 
 
 def bench_size(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -99,7 +108,9 @@ def bench_size(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str
     from .plate import PlateKeeper
 
     width, height = size
-    source = SyntheticSource(SceneScript(width=width, height=height, present_from_start=True), realtime=False)
+    source = SyntheticSource(
+        SceneScript(width=width, height=height, present_from_start=True), realtime=False
+    )
     frame = source.frame_at(40)
     plate = frame.truth_background
     label = f"{width}x{height}"
@@ -109,7 +120,11 @@ def bench_size(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str
         rows.append({"size": label, "stage": stage, **time_ms(fn, args.repeats), **extra})
 
     torch_engine = _torch_engine(args)
-    row("model torch-cpu fp32", lambda: torch_engine.matte(frame.image, plate), params=_model_params(torch_engine))
+    row(
+        "model torch-cpu fp32",
+        lambda: torch_engine.matte(frame.image, plate),
+        params=_model_params(torch_engine),
+    )
     classic = ClassicEngine(MattingConfig().classic)
     row("model classic", lambda: classic.matte(frame.image, plate))
     matte = Matte(frame.truth_alpha, frame.image, "truth")
@@ -144,12 +159,19 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from .pipeline import Pipeline
 
     port = _free_port()
-    config = Config.model_validate({
-        "state_dir": "/tmp/edge-matte-bench",
-        "source": {"uri": "test://?present_from_start=false", "width": 1280, "height": 720, "fps": 30},
-        "plate": {"stillness_s": 0.5},
-        "stream": {"port": port, "bind": "127.0.0.1"},
-    })
+    config = Config.model_validate(
+        {
+            "state_dir": "/tmp/edge-matte-bench",
+            "source": {
+                "uri": "test://?present_from_start=false",
+                "width": 1280,
+                "height": 720,
+                "fps": 30,
+            },
+            "plate": {"stillness_s": 0.5},
+            "stream": {"port": port, "bind": "127.0.0.1"},
+        }
+    )
     shutil.rmtree("/tmp/edge-matte-bench", ignore_errors=True)
     pipeline = Pipeline(config, log_only, lambda stage: None)
     cpu0, wall0 = _cpu_seconds(), time.monotonic()
@@ -178,7 +200,9 @@ def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 def _rtsp_client(url: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", url, "-f", "null", "-"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -196,7 +220,9 @@ def _free_port() -> int:
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'size':>10}  {'stage':<24} {'median ms':>10} {'p95 ms':>8}  params")
     for r in rows:
-        print(f"{r['size']:>10}  {r['stage']:<24} {r['median_ms']:>10.2f} {r['p95_ms']:>8.2f}  {r.get('params', '')}")
+        print(
+            f"{r['size']:>10}  {r['stage']:<24} {r['median_ms']:>10.2f} {r['p95_ms']:>8.2f}  {r.get('params', '')}"
+        )
 
 
 def print_pipeline(p: dict[str, Any]) -> None:

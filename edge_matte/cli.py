@@ -76,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon (camera -> matte -> composite -> RTSP)")
-    run.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in defaults)")
+    run.add_argument(
+        "--config", type=Path, default=None, help="YAML config file (default: built-in defaults)"
+    )
     run.set_defaults(func=_run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 2 naming each problem")
+    check = sub.add_parser(
+        "check-config", help="validate a config file; exit 2 naming each problem"
+    )
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
 
@@ -89,20 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_matte_arguments(matte)
     matte.set_defaults(func=_matte)
 
-    plate = sub.add_parser("plate", help="background plate tools").add_subparsers(dest="plate_command", required=True)
-    build = plate.add_parser("build", help="build a plate from a recording of the room (may never be empty)")
+    plate = sub.add_parser("plate", help="background plate tools").add_subparsers(
+        dest="plate_command", required=True
+    )
+    build = plate.add_parser(
+        "build", help="build a plate from a recording of the room (may never be empty)"
+    )
     add_plate_build_arguments(build)
     build.set_defaults(func=_plate_build)
 
     from .bench import add_bench_arguments
 
-    bench = sub.add_parser("bench", help="measure ms/frame of the model, the stages and the pipeline")
+    bench = sub.add_parser(
+        "bench", help="measure ms/frame of the model, the stages and the pipeline"
+    )
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
     from .calibrate import add_arguments as add_calibrate_arguments
 
-    calibrate = sub.add_parser("calibrate", help="measure the empty scene and write a calibration profile")
+    calibrate = sub.add_parser(
+        "calibrate", help="measure the empty scene and write a calibration profile"
+    )
     add_calibrate_arguments(calibrate)
     calibrate.set_defaults(func=_calibrate)
 

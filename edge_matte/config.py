@@ -50,60 +50,137 @@ def _read_secret_file(path: Path) -> str:
 
 
 class SourceConfig(Section):
-    uri: str = Field("test://", description="Frame source: csi://N, v4l2:///dev/videoN, file:///path, rtsp://..., test://")
+    uri: str = Field(
+        "test://",
+        description="Frame source: csi://N, v4l2:///dev/videoN, file:///path, rtsp://..., test://",
+    )
     width: int = Field(1280, ge=16, le=7680, description="Requested frame width in pixels")
     height: int = Field(720, ge=16, le=4320, description="Requested frame height in pixels")
     fps: float = Field(30.0, gt=0, le=240, description="Requested frame rate")
     loop: bool = Field(True, description="Restart a file source at its end")
-    timeout_s: float = Field(5.0, gt=0, le=120, description="No frame for this long means the camera is lost")
-    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First retry delay after the source is lost")
-    reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Longest retry delay (exponential backoff)")
+    timeout_s: float = Field(
+        5.0, gt=0, le=120, description="No frame for this long means the camera is lost"
+    )
+    reconnect_min_s: float = Field(
+        0.5, gt=0, le=60, description="First retry delay after the source is lost"
+    )
+    reconnect_max_s: float = Field(
+        10.0, gt=0, le=600, description="Longest retry delay (exponential backoff)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
         if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", self.uri):
-            raise ValueError(f"unsupported source uri {self.uri!r}: use csi://, v4l2://, file://, rtsp:// or test://")
+            raise ValueError(
+                f"unsupported source uri {self.uri!r}: use csi://, v4l2://, file://, rtsp:// or test://"
+            )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
 
 
 class ClassicConfig(Section):
-    noise_floor: float | None = Field(None, ge=0, le=255, description="Per-pixel colour distance treated as noise (8-bit levels); None = from calibration or estimated")
-    softness: float = Field(3.0, gt=0, le=50, description="Distance above the noise floor over which alpha ramps from 0 to 1 (multiples of the floor)")
-    min_blob_area: float = Field(0.002, ge=0, le=0.5, description="Foreground blobs smaller than this fraction of the frame are removed")
-    guided_radius: int = Field(8, ge=0, le=64, description="Guided-filter radius for soft edges (0 = off)")
+    noise_floor: float | None = Field(
+        None,
+        ge=0,
+        le=255,
+        description="Per-pixel colour distance treated as noise (8-bit levels); None = from calibration or estimated",
+    )
+    softness: float = Field(
+        3.0,
+        gt=0,
+        le=50,
+        description="Distance above the noise floor over which alpha ramps from 0 to 1 (multiples of the floor)",
+    )
+    min_blob_area: float = Field(
+        0.002,
+        ge=0,
+        le=0.5,
+        description="Foreground blobs smaller than this fraction of the frame are removed",
+    )
+    guided_radius: int = Field(
+        8, ge=0, le=64, description="Guided-filter radius for soft edges (0 = off)"
+    )
     guided_eps: float = Field(1e-3, gt=0, le=1, description="Guided-filter regularisation")
 
 
 class MattingConfig(Section):
-    engine: Literal["auto", "trt", "torch-cuda", "torch-cpu", "classic"] = Field("auto", description="auto = best available: trt -> torch-cuda -> torch-cpu -> classic (classic if no weights)")
-    weights: Path | None = Field(None, description="Official BackgroundMattingV2 MobileNetV2 checkpoint (pytorch_mobilenetv2.pth); None = weight-free classic engine")
-    backbone_scale: float = Field(0.25, gt=0, le=0.5, description="Scale of the base network's input (paper: 1/4 for HD, 1/8 for 4K)")
-    refine_mode: Literal["full", "sampling", "thresholding"] = Field("sampling", description="Refiner patch selection")
-    refine_sample_pixels: int = Field(80_000, ge=16, le=10_000_000, description="Pixels refined in sampling mode (patches of 4x4)")
-    refine_threshold: float = Field(0.1, ge=0, le=1, description="Error threshold in thresholding mode")
+    engine: Literal["auto", "trt", "torch-cuda", "torch-cpu", "classic"] = Field(
+        "auto",
+        description="auto = best available: trt -> torch-cuda -> torch-cpu -> classic (classic if no weights)",
+    )
+    weights: Path | None = Field(
+        None,
+        description="Official BackgroundMattingV2 MobileNetV2 checkpoint (pytorch_mobilenetv2.pth); None = weight-free classic engine",
+    )
+    backbone_scale: float = Field(
+        0.25,
+        gt=0,
+        le=0.5,
+        description="Scale of the base network's input (paper: 1/4 for HD, 1/8 for 4K)",
+    )
+    refine_mode: Literal["full", "sampling", "thresholding"] = Field(
+        "sampling", description="Refiner patch selection"
+    )
+    refine_sample_pixels: int = Field(
+        80_000, ge=16, le=10_000_000, description="Pixels refined in sampling mode (patches of 4x4)"
+    )
+    refine_threshold: float = Field(
+        0.1, ge=0, le=1, description="Error threshold in thresholding mode"
+    )
     refine_kernel_size: Literal[1, 3] = Field(3, description="Refiner convolution kernel size")
     threads: int = Field(0, ge=0, le=256, description="CPU threads for torch (0 = torch's default)")
-    cache_dir: Path | None = Field(None, description="TensorRT engine cache; None = $CACHE_DIRECTORY or ~/.cache/edge-matte")
+    cache_dir: Path | None = Field(
+        None, description="TensorRT engine cache; None = $CACHE_DIRECTORY or ~/.cache/edge-matte"
+    )
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
 
 
 class PlateConfig(Section):
     auto: bool = Field(True, description="Capture and refresh the plate automatically")
-    path: Path | None = Field(None, description="Where the plate is saved; None = <state_dir>/plate.png")
-    stillness_s: float = Field(2.0, ge=0, le=600, description="The scene must be still this long before capture")
-    capture_frames: int = Field(15, ge=1, le=300, description="Frames combined (temporal median) into a plate")
-    refresh_threshold: float = Field(6.0, gt=0, le=255, description="Mean absolute plate drift (8-bit levels) that triggers a recapture when empty")
-    update_rate: float = Field(0.02, ge=0, le=1, description="Running-average rate for background pixels while someone is in view")
-    max_shift_px: float = Field(12.0, ge=0, le=512, description="Camera shifts up to this are compensated by warping the plate; larger ones trigger recapture")
-    person_veto: bool = Field(False, description="Use OpenCV's HOG person detector as a veto on capture")
+    path: Path | None = Field(
+        None, description="Where the plate is saved; None = <state_dir>/plate.png"
+    )
+    stillness_s: float = Field(
+        2.0, ge=0, le=600, description="The scene must be still this long before capture"
+    )
+    capture_frames: int = Field(
+        15, ge=1, le=300, description="Frames combined (temporal median) into a plate"
+    )
+    refresh_threshold: float = Field(
+        6.0,
+        gt=0,
+        le=255,
+        description="Mean absolute plate drift (8-bit levels) that triggers a recapture when empty",
+    )
+    update_rate: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Running-average rate for background pixels while someone is in view",
+    )
+    max_shift_px: float = Field(
+        12.0,
+        ge=0,
+        le=512,
+        description="Camera shifts up to this are compensated by warping the plate; larger ones trigger recapture",
+    )
+    person_veto: bool = Field(
+        False, description="Use OpenCV's HOG person detector as a veto on capture"
+    )
 
 
 class ComposeConfig(Section):
-    mode: Literal["replace", "blur", "passthrough"] = Field("replace", description="What replaces the background")
-    background: str = Field("#1e5aa0", description="For replace: #RRGGBB, or an image/video file name inside media_dir (or an absolute path)")
-    media_dir: Path | None = Field(None, description="Directory of replacement assets; None = <state_dir>/media")
+    mode: Literal["replace", "blur", "passthrough"] = Field(
+        "replace", description="What replaces the background"
+    )
+    background: str = Field(
+        "#1e5aa0",
+        description="For replace: #RRGGBB, or an image/video file name inside media_dir (or an absolute path)",
+    )
+    media_dir: Path | None = Field(
+        None, description="Directory of replacement assets; None = <state_dir>/media"
+    )
     blur_sigma: float = Field(15.0, gt=0, le=200, description="Gaussian sigma for blur mode")
 
     @model_validator(mode="after")
@@ -115,15 +192,30 @@ class ComposeConfig(Section):
 
 class StreamConfig(Section):
     enabled: bool = Field(True, description="Serve the outputs over RTSP")
-    bind: str = Field("0.0.0.0", description="Address the RTSP server listens on (0.0.0.0 = all interfaces)")
+    bind: str = Field(
+        "0.0.0.0", description="Address the RTSP server listens on (0.0.0.0 = all interfaces)"
+    )
     port: int = Field(8554, ge=1, le=65535, description="RTSP port")
-    outputs: list[Literal["composite", "alpha", "debug"]] = Field(default_factory=lambda: ["composite"], min_length=1, description="Mount points served: rtsp://HOST:PORT/<name>")
-    encoder: Literal["auto", "x264", "nvv4l2"] = Field("auto", description="auto = nvv4l2h264enc if present, else x264enc")
+    outputs: list[Literal["composite", "alpha", "debug"]] = Field(
+        default_factory=lambda: ["composite"],
+        min_length=1,
+        description="Mount points served: rtsp://HOST:PORT/<name>",
+    )
+    encoder: Literal["auto", "x264", "nvv4l2"] = Field(
+        "auto", description="auto = nvv4l2h264enc if present, else x264enc"
+    )
     bitrate_kbps: int = Field(4000, ge=100, le=100_000, description="H.264 bitrate")
-    keyframe_interval: int = Field(30, ge=1, le=600, description="Frames between keyframes (late joiners wait at most this long)")
+    keyframe_interval: int = Field(
+        30,
+        ge=1,
+        le=600,
+        description="Frames between keyframes (late joiners wait at most this long)",
+    )
     username: str | None = Field(None, description="RTSP basic-auth user (None = no auth)")
     password: SecretStr | None = Field(None, description="RTSP basic-auth password")
-    password_file: Path | None = Field(None, description="File holding the RTSP password (else credential 'rtsp-password')")
+    password_file: Path | None = Field(
+        None, description="File holding the RTSP password (else credential 'rtsp-password')"
+    )
 
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "rtsp-password")
@@ -142,16 +234,34 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535, description="Broker port")
     protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version")
     client_id: str | None = Field(None, description="Client id; None = edge-matte-<device_id>")
-    device_id: str = Field(default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()), pattern=r"^[A-Za-z0-9_-]{1,64}$", description="This device's id in topics")
-    group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Fleet group: also obey edge-matte/group/<group>/...")
-    topic_prefix: str = Field("edge-matte", pattern=r"^[A-Za-z0-9_/-]{1,64}$", description="Topics are <prefix>/<device_id>/...")
+    device_id: str = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()),
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This device's id in topics",
+    )
+    group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Fleet group: also obey edge-matte/group/<group>/...",
+    )
+    topic_prefix: str = Field(
+        "edge-matte",
+        pattern=r"^[A-Za-z0-9_/-]{1,64}$",
+        description="Topics are <prefix>/<device_id>/...",
+    )
     username: str | None = Field(None, description="Broker user")
     password: SecretStr | None = Field(None, description="Broker password")
-    password_file: Path | None = Field(None, description="File holding the broker password (else credential 'mqtt-password')")
+    password_file: Path | None = Field(
+        None, description="File holding the broker password (else credential 'mqtt-password')"
+    )
     tls: TlsConfig | None = Field(None, description="TLS settings; None = plain TCP")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
-    telemetry_interval_s: float = Field(10.0, ge=0.2, le=3600, description="Seconds between telemetry messages")
-    max_payload_bytes: int = Field(4_000_000, ge=1024, le=64_000_000, description="Larger command payloads are refused")
+    telemetry_interval_s: float = Field(
+        10.0, ge=0.2, le=3600, description="Seconds between telemetry messages"
+    )
+    max_payload_bytes: int = Field(
+        4_000_000, ge=1024, le=64_000_000, description="Larger command payloads are refused"
+    )
     homeassistant: bool = Field(False, description="Publish Home Assistant MQTT discovery")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
 
@@ -162,8 +272,13 @@ class MqttConfig(Section):
 class Config(Section):
     """The whole daemon configuration."""
 
-    state_dir: Path | None = Field(None, description="Plate, media and saved state; None = $STATE_DIRECTORY or ~/.local/state/edge-matte")
-    calibration: Path | None = Field(None, description="Calibration profile (edge-matte calibrate) to load")
+    state_dir: Path | None = Field(
+        None,
+        description="Plate, media and saved state; None = $STATE_DIRECTORY or ~/.local/state/edge-matte",
+    )
+    calibration: Path | None = Field(
+        None, description="Calibration profile (edge-matte calibrate) to load"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
     source: SourceConfig = Field(default_factory=SourceConfig)
     matting: MattingConfig = Field(default_factory=MattingConfig)

@@ -41,7 +41,9 @@ FIRST_FRAME_TIMEOUT_S = 120.0
 class Daemon:
     """One running appliance: pipeline + control + systemd notifications."""
 
-    def __init__(self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None
+    ) -> None:
         self._config = config
         self._config_path = config_path
         self._lock = threading.RLock()  # serialises config changes and pipeline swaps
@@ -113,7 +115,9 @@ class Daemon:
     def _supervise(self) -> int:
         while not self._stop.wait(0.5):
             if self.pipeline.failed:
-                _LOG.error("pipeline failed: %s; exiting for systemd to restart", self.pipeline.failed)
+                _LOG.error(
+                    "pipeline failed: %s; exiting for systemd to restart", self.pipeline.failed
+                )
                 return 1
             if self._reload.is_set():
                 self._reload.clear()
@@ -124,7 +128,7 @@ class Daemon:
         """SIGHUP: re-read the config file and apply it (not re-persisted)."""
         self.notifier.reloading()
         try:
-            self._apply(config_mod.load(self._config_path), persist=False)
+            self._apply(config_mod.load(self._config_path), persist=False, trusted=True)
             _LOG.info("config reloaded from %s", self._config_path)
         except EdgeMatteError as err:
             _LOG.error("reload refused, keeping the running config: %s", err)
@@ -159,7 +163,9 @@ class Daemon:
         pipe = self.pipeline
         plate = pipe.plate.status()
         return {
-            "pipeline": "failed" if pipe.failed else ("running" if pipe.first_output.is_set() else "starting"),
+            "pipeline": "failed"
+            if pipe.failed
+            else ("running" if pipe.first_output.is_set() else "starting"),
             "engine": pipe.engine.name,
             "degraded": pipe.engine.degraded,
             "source": _mask_credentials(self._config.source.uri),
@@ -181,7 +187,7 @@ class Daemon:
         }
 
     def apply_config(self, config: Config) -> None:
-        self._apply(config, persist=True)
+        self._apply(config, persist=True, trusted=False)
 
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         plate = self.pipeline.plate
@@ -213,15 +219,21 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _apply(self, new: Config, persist: bool) -> None:
-        """Apply `new`; on any failure the running state and the saved file stay as they were."""
+    def _apply(self, new: Config, persist: bool, trusted: bool) -> None:
+        """Apply `new`; on any failure the running state and the saved file stay as they were.
+
+        `trusted` is True only for the operator's own file (SIGHUP): remote patches may name
+        assets inside the media directory only, never absolute paths.
+        """
         with self._lock:
             old = self._config
             changed = {key for key in Config.model_fields if getattr(old, key) != getattr(new, key)}
             if not changed:
                 return
             if changed <= LIVE_SECTIONS:
-                self.pipeline.compositor.update(new.compose)  # MediaError leaves the old asset
+                self.pipeline.compositor.update(
+                    new.compose, allow_absolute=trusted
+                )  # MediaError keeps the old
                 logging.getLogger().setLevel(new.log_level)
             else:
                 self._restart_pipeline(new)
@@ -234,11 +246,17 @@ class Daemon:
             self._config = new
             if "mqtt" in changed and self._control is not None:
                 self._control.reconfigure(new.mqtt)
-        self.bus.emit(Event("config.applied", f"changed: {', '.join(sorted(changed))}", {"sections": sorted(changed), "hash": new.digest()}))
+        self.bus.emit(
+            Event(
+                "config.applied",
+                f"changed: {', '.join(sorted(changed))}",
+                {"sections": sorted(changed), "hash": new.digest()},
+            )
+        )
 
     def _revert(self, old: Config, changed: set[str]) -> None:
         if changed <= LIVE_SECTIONS:
-            self.pipeline.compositor.update(old.compose)
+            self.pipeline.compositor.update(old.compose, allow_absolute=True)
         else:
             self._restart_pipeline(old)
 
@@ -251,7 +269,9 @@ class Daemon:
             name = self._store_upload(str(args["image_base64"]), media_dir)
         else:
             raise MediaError("background/set needs 'name' or 'image_base64'")
-        patched = config_mod.apply_patch(self._config, {"compose": {"mode": "replace", "background": name}})
+        patched = config_mod.apply_patch(
+            self._config, {"compose": {"mode": "replace", "background": name}}
+        )
         self.apply_config(patched)
         return {"background": name}
 

@@ -32,7 +32,9 @@ class Matte:
     """What an engine returns for one frame."""
 
     alpha: np.ndarray  # [H, W] float32 in [0, 1]
-    foreground: np.ndarray  # [H, W, 3] uint8 BGR, the subject's colour with background spill removed
+    foreground: (
+        np.ndarray
+    )  # [H, W, 3] uint8 BGR, the subject's colour with background spill removed
     engine: str  # which engine produced it, e.g. "torch-cpu", "classic"
 
 

@@ -27,13 +27,25 @@ from .media import is_video, load_image
 def add_matte_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, required=True, help="image or video to matte")
     parser.add_argument("--plate", type=Path, required=True, help="image of the empty background")
-    parser.add_argument("--weights", type=Path, help="BackgroundMattingV2 checkpoint (default: weight-free classic engine)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="BackgroundMattingV2 checkpoint (default: weight-free classic engine)",
+    )
     parser.add_argument("--backbone-scale", type=float, default=0.25)
-    parser.add_argument("--refine-mode", choices=["full", "sampling", "thresholding"], default="sampling")
+    parser.add_argument(
+        "--refine-mode", choices=["full", "sampling", "thresholding"], default="sampling"
+    )
     parser.add_argument("--refine-sample-pixels", type=int, default=80_000)
     parser.add_argument("--refine-threshold", type=float, default=0.1)
-    parser.add_argument("--resize-plate", action="store_true", help="scale the plate to the input's size if they differ")
-    parser.add_argument("--alpha", type=Path, help="write alpha (8-bit grey PNG, or a video for video input)")
+    parser.add_argument(
+        "--resize-plate",
+        action="store_true",
+        help="scale the plate to the input's size if they differ",
+    )
+    parser.add_argument(
+        "--alpha", type=Path, help="write alpha (8-bit grey PNG, or a video for video input)"
+    )
     parser.add_argument("--foreground", type=Path, help="write the foreground")
     parser.add_argument("--composite", type=Path, help="write the composite (needs --background)")
     parser.add_argument("--background", help="for --composite: an image, #RRGGBB or 'blur'")
@@ -51,7 +63,11 @@ def matte_command(args: argparse.Namespace) -> int:
     plate = None
     try:
         for index, image in enumerate(frames):
-            plate = plate if plate is not None else _fit_plate(load_image(args.plate), image, args.resize_plate)
+            plate = (
+                plate
+                if plate is not None
+                else _fit_plate(load_image(args.plate), image, args.resize_plate)
+            )
             matte = engine.matte(image, plate)
             composite = compositor.composite(image, matte) if compositor else None
             writers.write(matte, composite)
@@ -125,7 +141,11 @@ class _Writers:
     """PNG files for an image input, videos (same fps) for a video input."""
 
     def __init__(self, args: argparse.Namespace, video: bool) -> None:
-        self._targets = {"alpha": args.alpha, "foreground": args.foreground, "composite": args.composite}
+        self._targets = {
+            "alpha": args.alpha,
+            "foreground": args.foreground,
+            "composite": args.composite,
+        }
         self._video = video
         self._fps = _video_fps(args.input) if video else 0.0
         self._total = _video_frames(args.input) if video else 1
@@ -147,7 +167,13 @@ class _Writers:
                 raise MediaError(f"cannot write {path}")
             return
         if name not in self._writers:
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self._fps, (image.shape[1], image.shape[0]), image.ndim == 3)
+            writer = cv2.VideoWriter(
+                str(path),
+                cv2.VideoWriter_fourcc(*"mp4v"),
+                self._fps,
+                (image.shape[1], image.shape[0]),
+                image.ndim == 3,
+            )
             if not writer.isOpened():
                 raise MediaError(f"cannot open {path} for writing (use .mp4 or .avi)")
             self._writers[name] = writer
@@ -159,7 +185,12 @@ class _Writers:
         done = index + 1
         width = 30
         filled = int(width * min(done / max(self._total, 1), 1.0))
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self._total} frames", end="", file=sys.stderr, flush=True)
+        print(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self._total} frames",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         for writer in self._writers.values():
@@ -186,7 +217,9 @@ def _video_frames(path: Path) -> int:
 
 
 def add_plate_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", type=Path, required=True, help="video (or image sequence URI) of the room")
+    parser.add_argument(
+        "--input", type=Path, required=True, help="video (or image sequence URI) of the room"
+    )
     parser.add_argument("--output", type=Path, required=True, help="plate PNG to write")
     parser.add_argument("--max-frames", type=int, default=900, help="frames to read at most")
 
@@ -199,7 +232,9 @@ def plate_build_command(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         raise MediaError(f"{args.input}: no such file")
     width, height = _video_size(args.input)
-    source = open_source(SourceConfig(uri=f"file://{args.input.resolve()}", width=width, height=height, loop=False))
+    source = open_source(
+        SourceConfig(uri=f"file://{args.input.resolve()}", width=width, height=height, loop=False)
+    )
     try:
         plate, status = build_plate(source, PlateConfig(), args.max_frames)
     finally:
@@ -209,7 +244,9 @@ def plate_build_command(args: argparse.Namespace) -> int:
         raise MediaError("cannot encode the plate as PNG")
     atomic.write_bytes(args.output, png.tobytes(), mode=0o644)
     known = status.get("known_fraction", 1.0)
-    print(f"{args.output}: plate {width}x{height}, {known * 100:.1f}% known, made by {status.get('method')}")
+    print(
+        f"{args.output}: plate {width}x{height}, {known * 100:.1f}% known, made by {status.get('method')}"
+    )
     return 0
 
 

@@ -23,9 +23,9 @@ import numpy as np
 from .capture.opener import open_source
 from .capture.resilient import ResilientSource
 from .compose import Compositor, alpha_view, debug_view, no_signal
-from .config import Config
+from .config import ComposeConfig, Config
 from .engine.select import EngineChain
-from .errors import EdgeMatteError, EngineError, SourceEnded, SourceError
+from .errors import EdgeMatteError, EngineError, MediaError, SourceEnded, SourceError
 from .events import Emit, Event
 from .frames import Frame, Matte
 from .plate import PlateKeeper
@@ -54,17 +54,25 @@ class Result:
 class Pipeline:
     """Owns the stages of one configuration; `Daemon` replaces it when stages must restart."""
 
-    def __init__(self, config: Config, emit: Emit, beat: Beat, profile: Profile | None = None) -> None:
+    def __init__(
+        self, config: Config, emit: Emit, beat: Beat, profile: Profile | None = None
+    ) -> None:
         self.config = config
         self._emit = emit
         self._beat = beat
         src = config.source
         self.size = (src.width, src.height)
         self.source = ResilientSource(lambda: open_source(src), src, emit)
-        self.plate = PlateKeeper(config.plate, config.resolved_plate_path(), src.uri, emit, profile, fps=src.fps)
+        self.plate = PlateKeeper(
+            config.plate, config.resolved_plate_path(), src.uri, emit, profile, fps=src.fps
+        )
         self.engine = EngineChain(config.matting, emit, profile)
-        self.compositor = Compositor(config.compose, config.resolved_media_dir())
-        self.stream = RtspServer(config.stream, src.width, src.height, src.fps) if config.stream.enabled else None
+        self.compositor = _compositor(config, emit)
+        self.stream = (
+            RtspServer(config.stream, src.width, src.height, src.fps)
+            if config.stream.enabled
+            else None
+        )
         self.stats = {name: StageStats(name) for name in ("capture", "matte", "output")}
         self.latency = LatencyWindow()
         self.first_output = threading.Event()
@@ -83,8 +91,14 @@ class Pipeline:
         self.plate.restore(*self.size)
         if self.stream is not None:
             self.stream.start()
-        for name, target in (("capture", self._capture_loop), ("matte", self._matte_loop), ("output", self._output_loop)):
-            thread = threading.Thread(target=self._guard, args=(name, target), name=f"edge-matte-{name}", daemon=True)
+        for name, target in (
+            ("capture", self._capture_loop),
+            ("matte", self._matte_loop),
+            ("output", self._output_loop),
+        ):
+            thread = threading.Thread(
+                target=self._guard, args=(name, target), name=f"edge-matte-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -100,6 +114,7 @@ class Pipeline:
                 _LOG.error("stage thread %s did not stop in time", thread.name)
         self.source.close()
         self.engine.close()
+        self.compositor.close()
         if self.stream is not None:
             self.stream.stop()
 
@@ -242,3 +257,14 @@ class Pipeline:
             "source_reconnects": self.source.reconnects,
             "plate": self.plate.stats(),
         }
+
+
+def _compositor(config: Config, emit: Emit) -> Compositor:
+    """The configured compositor; a missing or broken asset falls back to the default colour
+    (an event says so) rather than keeping the appliance from starting."""
+    try:
+        return Compositor(config.compose, config.resolved_media_dir())
+    except MediaError as err:
+        emit(Event("compose.asset_failed", f"background unusable, using the default colour: {err}"))
+        fallback = config.compose.model_copy(update={"background": ComposeConfig().background})
+        return Compositor(fallback, config.resolved_media_dir())

@@ -27,12 +27,34 @@ class Profile(Section):
     width: int = Field(..., ge=16, le=7680, description="Delivered frame width")
     height: int = Field(..., ge=16, le=4320, description="Delivered frame height")
     fps: float = Field(..., gt=0, le=240, description="Measured frame rate")
-    noise_sigma: tuple[float, float, float] = Field(..., description="Per-channel (B, G, R) temporal noise standard deviation, 8-bit levels")
-    flicker: float = Field(0.0, ge=0, le=1, description="Relative peak-to-peak oscillation of the frame mean (mains flicker)")
-    noise_floor: float = Field(..., ge=0, le=255, description="Colour distance (8-bit levels) under which a pixel counts as unchanged")
-    empty_threshold: float = Field(..., ge=0, le=255, description="Mean absolute frame-to-plate difference (8-bit levels) under which the scene is empty")
-    controls: dict[str, int] = Field(default_factory=dict, description="Camera controls locked at calibration (V4L2 name -> value), reapplied at start")
-    unlocked: list[str] = Field(default_factory=list, description="Controls that could not be locked on this camera")
+    noise_sigma: tuple[float, float, float] = Field(
+        ..., description="Per-channel (B, G, R) temporal noise standard deviation, 8-bit levels"
+    )
+    flicker: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Relative peak-to-peak oscillation of the frame mean (mains flicker)",
+    )
+    noise_floor: float = Field(
+        ...,
+        ge=0,
+        le=255,
+        description="Colour distance (8-bit levels) under which a pixel counts as unchanged",
+    )
+    empty_threshold: float = Field(
+        ...,
+        ge=0,
+        le=255,
+        description="Mean absolute frame-to-plate difference (8-bit levels) under which the scene is empty",
+    )
+    controls: dict[str, int] = Field(
+        default_factory=dict,
+        description="Camera controls locked at calibration (V4L2 name -> value), reapplied at start",
+    )
+    unlocked: list[str] = Field(
+        default_factory=list, description="Controls that could not be locked on this camera"
+    )
 
 
 def load(path: Path) -> Profile:

@@ -73,4 +73,7 @@ class LatencyWindow:
             values = np.array(self._ms)
         if values.size == 0:
             return {"p50_ms": None, "p95_ms": None}
-        return {"p50_ms": round(float(np.percentile(values, 50)), 1), "p95_ms": round(float(np.percentile(values, 95)), 1)}
+        return {
+            "p50_ms": round(float(np.percentile(values, 50)), 1),
+            "p95_ms": round(float(np.percentile(values, 95)), 1),
+        }

@@ -31,7 +31,9 @@ def test_empty_file_is_defaults(tmp_path: Path) -> None:
 
 
 def test_valid_file_loads(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, "source:\n  uri: file:///x.mp4\n  width: 640\ncompose:\n  mode: blur\n"))
+    cfg = config.load(
+        write(tmp_path, "source:\n  uri: file:///x.mp4\n  width: 640\ncompose:\n  mode: blur\n")
+    )
     assert (cfg.source.uri, cfg.source.width, cfg.compose.mode) == ("file:///x.mp4", 640, "blur")
 
 
@@ -65,7 +67,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_merge_patch_follows_rfc7396() -> None:
     target = {"a": 1, "b": {"c": 2, "d": 3}}
-    assert config.merge_patch(target, {"b": {"c": None, "e": 4}, "f": [1]}) == {"a": 1, "b": {"d": 3, "e": 4}, "f": [1]}
+    assert config.merge_patch(target, {"b": {"c": None, "e": 4}, "f": [1]}) == {
+        "a": 1,
+        "b": {"d": 3, "e": 4},
+        "f": [1],
+    }
     assert target == {"a": 1, "b": {"c": 2, "d": 3}}  # not mutated
 
 
@@ -80,7 +86,9 @@ def test_apply_patch_validates_and_leaves_original() -> None:
 
 
 def test_save_round_trips_only_set_keys_with_private_mode(tmp_path: Path) -> None:
-    cfg = config.parse({"mqtt": {"enabled": True, "password": "s3cret"}, "compose": {"mode": "blur"}})
+    cfg = config.parse(
+        {"mqtt": {"enabled": True, "password": "s3cret"}, "compose": {"mode": "blur"}}
+    )
     path = tmp_path / "sub" / "cfg.yaml"
     config.save(cfg, path)
     assert os.stat(path).st_mode & 0o777 == 0o600

@@ -9,9 +9,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_vermin_finds_nothing_newer_than_310() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "vermin", "-t=3.10-", "--violations", "--eval-annotations",
-         "--no-tips", "edge_matte", "tests"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        [
+            str(Path(sys.executable).parent / "vermin"),
+            "-t=3.10-",
+            "--violations",
+            "--eval-annotations",
+            "--no-tips",
+            "edge_matte",
+            "tests",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -19,6 +29,9 @@ def test_vermin_finds_nothing_newer_than_310() -> None:
 def test_ruff_clean_for_py310() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--target-version", "py310", "edge_matte", "tests"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

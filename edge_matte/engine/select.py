@@ -123,6 +123,12 @@ class EngineChain:
                 _LOG.warning("engine %s unavailable: %s", name, err)
                 continue
             if reason != "start" or failures:
-                self._emit(Event("engine.fallback", f"using {name} ({reason})", {"engine": name, "reason": reason, "skipped": failures}))
+                self._emit(
+                    Event(
+                        "engine.fallback",
+                        f"using {name} ({reason})",
+                        {"engine": name, "reason": reason, "skipped": failures},
+                    )
+                )
             return engine
         raise EngineError("no matting engine could be started: " + "; ".join(failures or [reason]))
