@@ -371,7 +371,7 @@ def apply_patch(config: Config, patch: Any) -> Config:
     """A new Config with `patch` merged in; raise ConfigError naming keys and change nothing."""
     if not isinstance(patch, dict):
         raise ConfigError(f"patch must be a JSON object, got {type(patch).__name__}")
-    current = config.model_dump(mode="json", exclude_unset=True)
+    current = _reveal_secrets(config, config.model_dump(mode="json", exclude_unset=True))
     return parse(merge_patch(current, patch), "patch")
 
 

@@ -173,6 +173,7 @@ class Daemon:
             "resolution": list(pipe.size),
             "plate": plate.get("state"),
             "plate_age_s": plate.get("age_s"),
+            "plate_frozen": plate.get("frozen"),
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,

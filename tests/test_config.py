@@ -113,3 +113,10 @@ def test_effective_json_masks_secrets() -> None:
 def test_digest_changes_with_content() -> None:
     assert config.Config().digest() == config.Config().digest()
     assert config.Config().digest() != config.parse({"compose": {"mode": "blur"}}).digest()
+
+
+def test_patch_keeps_inline_secrets() -> None:
+    cfg = config.parse({"mqtt": {"password": "right-pw"}, "stream": {"password": "rtsp-pw"}})
+    new = config.apply_patch(cfg, {"compose": {"mode": "blur"}})
+    assert new.mqtt.resolved_password() == "right-pw"
+    assert new.stream.resolved_password() == "rtsp-pw"

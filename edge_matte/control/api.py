@@ -1,0 +1,64 @@
+"""The narrow interface remote control goes through; the daemon is its one implementation.
+
+MQTT (and any future HTTP control) only ever calls these six methods, so validation, rollback and
+persistence live in one place (the daemon) and the transport stays a thin translator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import Config
+
+# Commands the daemon executes through `ControlApi.command`. `snapshot` is answered by the
+# control itself with `snapshot_jpeg`, so it is not in this list.
+DAEMON_COMMANDS = (
+    "plate/capture",
+    "plate/freeze",
+    "plate/unfreeze",
+    "plate/clear",
+    "background/set",
+    "restart",
+)
+
+
+class ControlApi(Protocol):
+    """What a running appliance exposes to remote control.
+
+    Keys that Home Assistant discovery templates read (keep them stable):
+    state: `compose_mode` (str), `plate_frozen` (bool).
+    telemetry: `stages.output.fps`, `latency.p95_ms`, `temperature_c` (the hottest zone).
+    """
+
+    def state(self) -> dict[str, Any]:
+        """Pipeline state, engine, degraded, source, resolution, plate state/age, composite
+        mode, config hash, version (JSON-serialisable)."""
+        ...
+
+    def telemetry(self) -> dict[str, Any]:
+        """Per-stage fps, latency p50/p95, dropped frames, inference ms, RTSP clients and the
+        system readings of `edge_matte.telemetry` (JSON-serialisable)."""
+        ...
+
+    def config(self) -> Config:
+        """The effective config."""
+        ...
+
+    def apply_config(self, config: Config) -> None:
+        """Apply live (or restart the affected stage) and persist atomically.
+
+        Raise EdgeMatteError (ConfigError/StorageError/MediaError) and change nothing on failure.
+        """
+        ...
+
+    def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one of DAEMON_COMMANDS with validated `args`; raise EdgeMatteError on failure.
+
+        `background/set` gets either {"name": str} (a file in the media dir; the daemon checks
+        confinement) or {"image_base64": str} (valid base64, decoded size already bounded).
+        """
+        ...
+
+    def snapshot_jpeg(self) -> bytes:
+        """A JPEG of the latest composite; raise EdgeMatteError when there is none yet."""
+        ...

@@ -1,0 +1,260 @@
+"""The installer against a temporary root: the tree it lays down, idempotence, drop-ins, uninstall.
+
+It runs the real systemd-sysusers and systemctl in their offline `--root` modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from edge_matte import install
+from edge_matte.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-sysusers") is None or shutil.which("systemctl") is None,
+    reason="needs systemd's tools (Debian package systemd)",
+)
+
+EXEC = Path("/usr/local/bin/edge-matte")
+AS_ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A target tree holding the executable the unit will run."""
+    root = tmp_path / "root"
+    executable = root / EXEC.relative_to("/")
+    executable.parent.mkdir(parents=True)
+    executable.write_text("#!/bin/sh\n")
+    executable.chmod(0o755)
+    return root
+
+
+def _passwd(root: Path, user: str = "edge-matte") -> list[str]:
+    return next(
+        line.split(":")
+        for line in (root / "etc/passwd").read_text().splitlines()
+        if line.startswith(f"{user}:")
+    )
+
+
+def _members(root: Path, group: str) -> list[str]:
+    line = next(
+        line
+        for line in (root / "etc/group").read_text().splitlines()
+        if line.startswith(f"{group}:")
+    )
+    return line.split(":")[3].split(",")
+
+
+def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path's type, mode, owner, and for files content and mtime (directory mtimes aside)."""
+    result: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            result[key] = ("link", os.readlink(path))
+        elif path.is_dir():
+            result[key] = ("dir", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+        else:
+            result[key] = (
+                "file",
+                stat.S_IMODE(info.st_mode),
+                info.st_uid,
+                info.st_gid,
+                info.st_mtime_ns,
+                path.read_bytes(),
+            )
+    return result
+
+
+def test_install_lays_down_the_expected_tree(root: Path) -> None:
+    actions = install.install(root, exec_path=EXEC)
+    assert not any(line.startswith("warning") for line in actions)
+
+    name, _, uid, gid, _, home, shell = _passwd(root)
+    assert (name, home, shell) == ("edge-matte", "/var/lib/edge-matte", "/usr/sbin/nologin")
+    assert "edge-matte" in _members(root, "video") and "edge-matte" in _members(root, "render")
+    service = (int(uid), int(gid))
+    expected = {
+        "etc/edge-matte": (0o770, (0, service[1])),
+        "etc/edge-matte/edge-matte.yaml": (0o600, service),
+        "var/lib/edge-matte": (0o750, service),
+        "var/cache/edge-matte": (0o750, service),
+        "etc/systemd/system/edge-matte.service": (0o644, (0, 0)),
+        "etc/systemd/system/edge-matte-performance.service": (0o644, (0, 0)),
+        "etc/sysusers.d/edge-matte.conf": (0o644, (0, 0)),
+    }
+    for relative, (mode, owner) in expected.items():
+        info = (root / relative).stat()
+        assert stat.S_IMODE(info.st_mode) == mode, relative
+        if AS_ROOT:
+            assert (info.st_uid, info.st_gid) == owner, relative
+
+    unit = (root / "etc/systemd/system/edge-matte.service").read_text()
+    assert f"ExecStart={EXEC} run --config /etc/edge-matte/edge-matte.yaml\n" in unit
+    assert "\nUser=edge-matte\n" in unit and "\nGroup=edge-matte\n" in unit
+    shipped = install.shipped_dir()
+    assert (root / "etc/edge-matte/edge-matte.yaml").read_text() == (
+        shipped / "edge-matte.yaml"
+    ).read_text()
+    wants = root / "etc/systemd/system/multi-user.target.wants/edge-matte.service"
+    assert os.readlink(wants) == "/etc/systemd/system/edge-matte.service"
+    assert not (root / "etc/systemd/system/edge-matte.service.wants").exists()  # not a Jetson
+    assert not (
+        root / "etc/systemd/system/edge-matte.service.d"
+    ).exists()  # no secrets, no GPU nodes
+
+
+def test_a_second_run_changes_nothing(root: Path) -> None:
+    first = install.install(root, exec_path=EXEC)
+    assert install.changed(first)
+    before = _snapshot(root)
+    second = install.install(root, exec_path=EXEC)
+    assert not install.changed(second)
+    assert all(line.startswith("unchanged") for line in second), second
+    assert _snapshot(root) == before
+
+
+def test_a_drifted_file_is_put_back(root: Path) -> None:
+    install.install(root, exec_path=EXEC)
+    unit = root / "etc/systemd/system/edge-matte.service"
+    good = unit.read_text()
+    unit.write_text(good.replace("WatchdogSec=20", "WatchdogSec=0"))
+    (root / "var/cache/edge-matte").chmod(0o777)
+    actions = install.install(root, exec_path=EXEC)
+    assert f"updated {unit} (0644 0:0)" in actions
+    assert any(line.startswith(f"updated {root / 'var/cache/edge-matte'}") for line in actions)
+    assert unit.read_text() == good
+    assert stat.S_IMODE((root / "var/cache/edge-matte").stat().st_mode) == 0o750
+
+
+def test_an_existing_config_is_kept(root: Path) -> None:
+    config = root / "etc/edge-matte/edge-matte.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("source:\n  uri: csi://0\n")
+    actions = install.install(root, exec_path=EXEC)
+    assert f"unchanged {config} (existing config kept)" in actions
+    assert config.read_text() == "source:\n  uri: csi://0\n"
+
+
+def test_an_invalid_existing_config_stops_the_install_before_any_change(root: Path) -> None:
+    config = root / "etc/edge-matte/edge-matte.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("source:\n  uri: csi://0\n  fsp: 30\n")
+    with pytest.raises(ConfigError, match="source.fsp: unknown key"):
+        install.install(root, exec_path=EXEC)
+    assert not (root / "etc/systemd").exists() and not (root / "etc/passwd").exists()
+
+
+def test_credentials_drop_in_follows_the_secret_files(root: Path) -> None:
+    dropin = root / "etc/systemd/system/edge-matte.service.d/credentials.conf"
+    (root / "etc/edge-matte").mkdir(parents=True)
+    (root / "etc/edge-matte/mqtt-password").write_text("s3cret\n")
+    install.install(root, exec_path=EXEC)
+    lines = dropin.read_text().splitlines()
+    assert "LoadCredential=mqtt-password:/etc/edge-matte/mqtt-password" in lines
+    assert not any("rtsp-password" in line for line in lines)  # a missing file would fail the start
+
+    (root / "etc/edge-matte/mqtt-password").unlink()
+    assert f"removed {dropin}" in install.install(root, exec_path=EXEC)
+    assert not dropin.exists()
+
+
+def test_devices_drop_in_lists_the_boards_gpu_nodes(root: Path) -> None:
+    dev = root / "dev"
+    (dev / "nvgpu/igpu0").mkdir(parents=True)
+    try:
+        for node in ("nvhost-gpu", "nvgpu/igpu0/ctrl", "nvmap"):
+            os.mknod(dev / node, stat.S_IFCHR | 0o660, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating device nodes needs root")
+    (dev / "nvhost-not-a-device").write_text("")
+    install.install(root, exec_path=EXEC)
+    lines = (root / "etc/systemd/system/edge-matte.service.d/devices.conf").read_text().splitlines()
+    assert [line for line in lines if line.startswith("DeviceAllow=")] == [
+        "DeviceAllow=/dev/nvgpu/igpu0/ctrl rw",
+        "DeviceAllow=/dev/nvhost-gpu rw",
+        "DeviceAllow=/dev/nvmap rw",
+    ]
+
+
+def test_performance_unit_is_enabled_on_a_jetson(root: Path) -> None:
+    clocks = root / "usr/bin/jetson_clocks"
+    clocks.parent.mkdir(parents=True)
+    clocks.write_text("#!/bin/sh\n")
+    install.install(root, exec_path=EXEC)
+    link = root / "etc/systemd/system/edge-matte.service.wants/edge-matte-performance.service"
+    assert os.readlink(link) == "/etc/systemd/system/edge-matte-performance.service"
+
+
+def test_another_user_name(root: Path) -> None:
+    install.install(root, exec_path=EXEC, user="matte")
+    assert _passwd(root, "matte")[0] == "matte"
+    unit = (root / "etc/systemd/system/edge-matte.service").read_text()
+    assert "\nUser=matte\n" in unit and "\nGroup=matte\n" in unit
+    assert (root / "etc/sysusers.d/edge-matte.conf").read_text().count("matte video") == 1
+
+
+def test_uninstall_removes_units_and_keeps_config_and_state(root: Path) -> None:
+    (root / "etc/edge-matte").mkdir(parents=True)
+    (root / "etc/edge-matte/rtsp-password").write_text("pw\n")
+    install.install(root, exec_path=EXEC)
+    actions = install.uninstall(root)
+    assert any(line.startswith("ran systemctl") and "disable" in line for line in actions)
+    system = root / "etc/systemd/system"
+    assert not (system / "edge-matte.service").exists()
+    assert not (system / "edge-matte-performance.service").exists()
+    assert not (system / "edge-matte.service.d").exists()
+    assert not (system / "multi-user.target.wants/edge-matte.service").is_symlink()
+    for kept in (
+        "etc/edge-matte/edge-matte.yaml",
+        "etc/edge-matte/rtsp-password",
+        "var/lib/edge-matte",
+        "etc/sysusers.d/edge-matte.conf",
+    ):
+        assert (root / kept).exists(), kept
+    assert install.uninstall(root) == ["unchanged: edge-matte is not installed"]
+
+
+def test_purge_removes_config_state_and_cache_but_not_the_user(root: Path) -> None:
+    install.install(root, exec_path=EXEC)
+    install.uninstall(root, purge=True)
+    for gone in (
+        "etc/edge-matte",
+        "var/lib/edge-matte",
+        "var/cache/edge-matte",
+        "etc/sysusers.d/edge-matte.conf",
+    ):
+        assert not (root / gone).exists(), gone
+    assert _passwd(root)[0] == "edge-matte"
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    install.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_command_line(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert install.main_install(_args("--root", str(root), "--exec", str(EXEC), "--no-start")) == 0
+    assert f"created {root / 'etc/systemd/system/edge-matte.service'}" in capsys.readouterr().out
+    assert install.main_install(_args("--root", str(root), "--purge")) == 2
+    assert "--purge only goes with --uninstall" in capsys.readouterr().err
+    assert install.main_install(_args("--root", str(root), "--exec", "relative/edge-matte")) == 1
+    assert "must be an absolute path" in capsys.readouterr().err
+    assert install.main_install(_args("--root", str(root), "--uninstall", "--purge")) == 0
+    assert not (root / "etc/edge-matte").exists()
+
+
+def test_an_executable_the_service_cannot_reach_is_warned_about(root: Path) -> None:
+    actions = install.install(root, exec_path=Path("/home/ubuntu/venv/bin/edge-matte"))
+    assert any("does not exist under" in line for line in actions)
+    assert any("ProtectHome=yes" in line for line in actions)
