@@ -23,6 +23,7 @@ import cv2
 from . import __version__, atomic
 from . import config as config_mod
 from . import profile as profile_mod
+from .capture.v4l2_controls import apply_controls, v4l2_device
 from .config import Config
 from .errors import ConfigError, EdgeMatteError, MediaError, StorageError
 from .events import Event, EventBus
@@ -63,6 +64,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT; exit code 0 on a clean stop, 1 if the pipeline failed."""
         self._install_signals()
         try:
+            self._reapply_camera_controls()
             self.pipeline.start()
             self._start_control()
             if not self._await_first_output():
@@ -102,6 +104,15 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _reapply_camera_controls(self) -> None:
+        """Lock the camera as calibration left it (V4L2 only; Argus settings come from the URI)."""
+        device = v4l2_device(self._config.source.uri)
+        if device is None or self._profile is None or not self._profile.controls:
+            return
+        refused = apply_controls(device, self._profile.controls)
+        if refused:
+            self.bus.emit(Event("camera.controls_refused", f"{device} did not take {', '.join(refused)}", {"refused": refused}))
 
     def _await_first_output(self) -> bool:
         deadline = time.monotonic() + FIRST_FRAME_TIMEOUT_S

@@ -14,12 +14,10 @@ import pytest
 import yaml
 
 from edge_matte import profile as profile_mod
-from edge_matte.calibrate import (
+from edge_matte.calibrate import add_arguments, calibrate, main_calibrate
+from edge_matte.capture.v4l2_controls import (
     CameraControls,
-    add_arguments,
     apply_controls,
-    calibrate,
-    main_calibrate,
     parse_controls,
     v4l2_device,
 )
