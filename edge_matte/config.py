@@ -84,13 +84,13 @@ class ClassicConfig(Section):
         None,
         ge=0,
         le=255,
-        description="Per-pixel colour distance treated as noise (8-bit levels); None = from calibration or estimated",
+        description="Colour distance treated as noise, in the engine's detection units (8-bit levels after its 3x3 mean at working resolution); None = from the calibration profile (converted) or estimated per frame",
     )
     softness: float = Field(
         3.0,
         gt=0,
         le=50,
-        description="Distance above the noise floor over which alpha ramps from 0 to 1 (multiples of the floor)",
+        description="Alpha ramps from 0 at the noise floor to 1 at (1 + softness) x floor",
     )
     min_blob_area: float = Field(
         0.002,
@@ -99,9 +99,12 @@ class ClassicConfig(Section):
         description="Foreground blobs smaller than this fraction of the frame are removed",
     )
     guided_radius: int = Field(
-        8, ge=0, le=64, description="Guided-filter radius for soft edges (0 = off)"
+        4,
+        ge=0,
+        le=64,
+        description="Guided-filter radius and boundary half-width, in working pixels (long side 640)",
     )
-    guided_eps: float = Field(1e-3, gt=0, le=1, description="Guided-filter regularisation")
+    guided_eps: float = Field(1e-4, gt=0, le=1, description="Guided-filter regularisation")
 
 
 class MattingConfig(Section):
