@@ -15,13 +15,13 @@ import yaml
 
 from edge_matte import profile as profile_mod
 from edge_matte.calibrate import add_arguments, calibrate, main_calibrate
+from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.capture.v4l2_controls import (
     CameraControls,
     apply_controls,
     parse_controls,
     v4l2_device,
 )
-from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.errors import ConfigError, SourceEnded, SourceError
 from edge_matte.frames import Frame, SourceInfo
 
