@@ -1,0 +1,475 @@
+"""The plate keeper: makes, corrects, realigns, refreshes and saves the background plate by itself.
+
+States: none -> capturing -> ready -> (stale | misaligned) -> capturing -> ready ...; every change is
+logged and emitted as an `Event` ("plate.<what>") with its reason.
+
+When is the scene empty (so a capture may start)?
+  * It has been still for `stillness_s`: no grid cell changed beyond the noise threshold against
+    the frame a few frames back (see `detect`).
+  * With a plate: the matte covers (almost) nothing, or (almost) no cell differs from the plate.
+  * Without a plate: **the scene must have changed at least once since the camera started.** A
+    person standing perfectly still in front of a fresh camera is indistinguishable from furniture
+    by stillness alone; requiring motion first means the first capture follows someone leaving,
+    not someone who was there all along. The same rule gates the per-pixel builder. A camera
+    shift counts as change. With a plate, coverage zero is enough (no motion needed).
+  * Optionally (`person_veto`) OpenCV's HOG detector finds nobody in the frame.
+
+Making a plate: the temporal median of `capture_frames` frames once the scene is empty (aborted
+if motion returns, unless the capture was requested by hand). While no plate exists, a per-pixel
+builder runs in parallel for scenes that are never empty; it becomes the plate when 98% of the
+frame is known, the rest inpainted.
+
+Keeping it: every frame the per-channel gain is re-measured on background cells (a +-30%
+light ramp keeps the plate right); every few frames background pixels (alpha ~ 0, not moving,
+not changed beyond the noise) are pulled towards the frame at `update_rate` per frame; the
+translation to the frame is checked by phase correlation and, once confirmed on two checks,
+compensated by warping (<= `max_shift_px`) or answered by dropping the plate and recapturing.
+Drift (mean difference over background cells) above `refresh_threshold` for half a second marks
+the plate stale; a stale plate is still served and recaptured as soon as the scene is empty.
+
+`freeze` stops everything that would replace or repaint the plate (capture, refresh, slow update);
+gain correction and small realignments continue because they keep the same plate valid.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import PlateConfig
+from ..errors import MediaError, StorageError
+from ..events import Emit, Event
+from ..frames import Frame, Matte
+from ..profile import Profile
+from . import store
+from .align import Shift
+from .build import PixelBuilder
+from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
+from .grid import Grid, grey
+from .live import LivePlate
+from .maker import PlateMaker
+from .upkeep import Upkeep, View, compare
+
+_LOG = logging.getLogger(__name__)
+_EMPTY_COVERAGE = 0.002  # matte coverage under which nobody is in view
+_EMPTY_CHANGED = 0.002  # fraction of cells differing from the plate under which it matches
+_IDLE_CHANGED = 0.001
+_BUILD_MIN_S = 2.0  # per-pixel: evidence needed per cell (at least twice the stillness time)
+_BUILD_QUIET_S = 0.5  # per-pixel: nothing may have moved nearby for this long before a frame counts
+_STALE_S = 0.5
+_TIMING_WINDOW = 300
+
+
+class PlateState(str, Enum):
+    """Where the keeper is with its plate (published as `plate.state`)."""
+
+    NONE = "none"
+    CAPTURING = "capturing"
+    READY = "ready"
+    STALE = "stale"
+    MISALIGNED = "misaligned"
+
+
+class PlateKeeper:
+    """Keeps the background plate right with nobody at the keyboard (see module docstring).
+
+    Thread-safe: the pipeline calls `observe` per frame while control commands arrive from MQTT.
+    """
+
+    def __init__(
+        self,
+        config: PlateConfig,
+        path: Path | None,
+        source_uri: str,
+        emit: Emit,
+        profile: Profile | None = None,
+        fps: float = 30.0,
+    ) -> None:
+        self._config = config
+        self._file = (
+            None
+            if path is None
+            else store.PlateFile(path, source_uri, profile.name if profile else None)
+        )
+        self._emit = emit
+        self._profile = profile
+        self._fps = fps
+        self._lock = threading.RLock()
+        self._veto = PersonVeto()
+        self._timings: deque[float] = deque(maxlen=_TIMING_WINDOW)
+        self.state = PlateState.NONE
+        self.frozen = False
+        self._grid: Grid | None = None
+        self._live: LivePlate | None = None
+        self._maker: PlateMaker | None = None  # while capturing
+        self._view_cache: View | None = None
+        self._frames = 0
+        self._stale_frames = 0
+
+    # -- what the pipeline reads ------------------------------------------------------------------
+
+    @property
+    def plate(self) -> np.ndarray | None:
+        """The plate aligned and gain-corrected to the current frame (read-only), or None."""
+        with self._lock:
+            return self._live.image() if self._live is not None else None
+
+    @property
+    def motion_seen(self) -> bool:
+        """Whether the scene has changed at least once since frames started arriving."""
+        with self._lock:
+            return self._grid is not None and self._detector.motion_seen
+
+    def scene_difference(self, frame: Frame) -> float:
+        """Mean absolute frame-to-plate difference (8-bit levels, on the grid); inf without a plate."""
+        with self._lock:
+            return self._view(frame).mean_difference
+
+    def is_idle(self, frame: Frame) -> bool:
+        """True when the plate is ready and the frame matches it within the noise: skip the network."""
+        with self._lock:
+            if self.state is not PlateState.READY:
+                return False
+            view = self._view(frame)
+            return (
+                view.mean_difference <= self._noise.empty_difference
+                and view.changed <= _IDLE_CHANGED
+            )
+
+    def observe(self, frame: Frame, matte: Matte | None) -> None:
+        """Per frame, after matting (`matte` None when there was no plate or the engine was skipped)."""
+        with self._lock:
+            started = time.perf_counter()
+            view = self._view(frame)
+            moving = self._detector.update(view.luma)
+            alpha = self._grid.shrink(matte.alpha) if matte is not None else None
+            if self._live is not None:
+                self._keep(frame, view, alpha)
+            self._step(frame, view, alpha, moving)
+            self._frames += 1
+            self._timings.append(time.perf_counter() - started + view.cost_s)
+
+    # -- per-frame work ---------------------------------------------------------------------------
+
+    def _setup(self, width: int, height: int) -> None:
+        self._grid = Grid(width, height)
+        self._noise = NoiseModel(self._grid, self._profile)
+        self._detector = StillnessDetector(self._grid, self._noise, self._fps)
+        self._upkeep = Upkeep(self._grid, self._noise, self._config, self._fps)
+        self._view_cache = None
+
+    def _view(self, frame: Frame) -> View:
+        key = (frame.index, frame.time)
+        if self._view_cache is not None and self._view_cache.key == key:
+            return self._view_cache
+        started = time.perf_counter()
+        width, height = frame.size
+        if self._grid is None or self._grid.full != (width, height):
+            self._resize(width, height)
+        small = self._grid.shrink(frame.image)
+        view = View(key, small, grey(small))
+        compare(view, self._live, self._noise)
+        view.cost_s = time.perf_counter() - started
+        self._view_cache = view
+        return view
+
+    def _resize(self, width: int, height: int) -> None:
+        if self._grid is not None:
+            _LOG.warning("frame size changed to %dx%d: the plate is rebuilt", width, height)
+            self._drop_plate()
+            if self.state is not PlateState.NONE:
+                self._change(
+                    PlateState.NONE, "plate.cleared", f"frame size changed to {width}x{height}"
+                )
+        self._setup(width, height)
+
+    def _keep(self, frame: Frame, view: View, alpha: np.ndarray | None) -> None:
+        moved = self._upkeep.step(
+            self._live, frame, view, alpha, self._detector.moving, self.frozen
+        )
+        if moved is not None:
+            self._follow(moved)
+
+    def _follow(self, shift: Shift) -> None:
+        """The camera moved: warp the plate along, or drop it when the move is too large."""
+        where = f"{shift.dx:+.1f},{shift.dy:+.1f} px"
+        if shift.length <= self._config.max_shift_px:
+            self._live.warp(shift.dx, shift.dy)
+            self._change(
+                self.state,
+                "plate.realigned",
+                f"camera moved {where}: plate warped to follow",
+                dx=shift.dx,
+                dy=shift.dy,
+            )
+            self._save()
+            return
+        self._drop_plate()
+        self._change(
+            PlateState.MISALIGNED,
+            "plate.misaligned",
+            f"camera moved {where} (> {self._config.max_shift_px:g} px): plate discarded, recapturing",
+            dx=shift.dx,
+            dy=shift.dy,
+        )
+
+    def _step(self, frame: Frame, view: View, alpha: np.ndarray | None, moving: bool) -> None:
+        """Advance the state machine by one frame."""
+        automatic = self._config.auto and not self.frozen
+        if self.state in (PlateState.NONE, PlateState.MISALIGNED) and automatic:
+            reason = "camera moved" if self.state is PlateState.MISALIGNED else "no plate yet"
+            self._start_capturing(f"{reason}: waiting for an empty scene")
+        elif self.state is PlateState.READY and automatic:
+            self._watch_drift()
+        elif self.state is PlateState.STALE:
+            self._watch_stale(frame, view, alpha, automatic)
+        if self.state is PlateState.CAPTURING:
+            self._capture(frame, view, alpha, moving, automatic)
+
+    def _watch_drift(self) -> None:
+        self._stale_frames = (
+            self._stale_frames + 1 if self._upkeep.drift > self._config.refresh_threshold else 0
+        )
+        if self._stale_frames >= max(1, round(_STALE_S * self._fps)):
+            self._change(
+                PlateState.STALE,
+                "plate.stale",
+                f"plate drifted {self._upkeep.drift:.1f} levels from the scene (> {self._config.refresh_threshold:g}): "
+                "recapturing when the scene is empty",
+                drift=self._upkeep.drift,
+            )
+
+    def _watch_stale(
+        self, frame: Frame, view: View, alpha: np.ndarray | None, automatic: bool
+    ) -> None:
+        if self._upkeep.drift <= self._config.refresh_threshold / 2:
+            self._stale_frames = 0
+            self._change(
+                PlateState.READY,
+                "plate.refreshed",
+                "drift back within threshold: plate ready",
+                drift=self._upkeep.drift,
+            )
+        elif automatic and self._empty(frame, view, alpha):
+            self._start_capturing("plate stale and scene empty: recapturing")
+
+    def _start_capturing(self, reason: str) -> None:
+        self._maker = self._maker or PlateMaker(self._config.capture_frames)
+        self._change(PlateState.CAPTURING, "plate.capturing", reason)
+
+    def _stillness_frames(self) -> int:
+        return max(1, round(self._config.stillness_s * self._fps))
+
+    def _empty(self, frame: Frame, view: View, alpha: np.ndarray | None) -> bool:
+        """Is the scene empty? See the module docstring for the rule."""
+        if self._detector.still_frames < self._stillness_frames():
+            return False
+        if self._live is not None:
+            nobody = (
+                alpha is not None and coverage(alpha) <= _EMPTY_COVERAGE
+            ) or view.changed <= _EMPTY_CHANGED
+        else:
+            nobody = self._detector.motion_seen
+        if nobody and self._config.person_veto and self._veto.present(frame.image):
+            self._detector.restart()
+            return False
+        return nobody
+
+    def _capture(
+        self, frame: Frame, view: View, alpha: np.ndarray | None, motion: bool, automatic: bool
+    ) -> None:
+        maker = self._maker = self._maker or PlateMaker(self._config.capture_frames)
+        if self._live is None and self._detector.motion_seen and maker.building is None:
+            maker.build(self._new_builder())
+        new = maker.step(
+            frame.image,
+            view.small,
+            self._detector.moving,
+            motion,
+            automatic,
+            lambda: self._empty(frame, view, alpha),
+        )
+        if new is not None:
+            live = LivePlate(new.image, self._grid, new.method, new.known_fraction)
+            self._install(live, new.how)
+
+    def _new_builder(self) -> PixelBuilder:
+        return PixelBuilder(
+            self._grid,
+            min_frames=max(2 * self._stillness_frames(), round(_BUILD_MIN_S * self._fps)),
+            match_threshold=self._noise.plate_threshold,
+            quiet_frames=round(_BUILD_QUIET_S * self._fps),
+        )
+
+    def _install(self, live: LivePlate, how: str) -> None:
+        replaced = self._live is not None
+        self._live = live
+        self._maker = None
+        self._stale_frames = 0
+        self._view_cache = None
+        self._upkeep.reset()
+        kind = "plate.refreshed" if replaced else "plate.captured"
+        self._change(
+            PlateState.READY,
+            kind,
+            f"plate {'refreshed' if replaced else 'captured'}: {how}",
+            method=live.method,
+            known_fraction=live.known_fraction,
+        )
+        self._save()
+
+    def _drop_plate(self) -> None:
+        self._live = None
+        self._maker = None
+        self._view_cache = None
+        if self._grid is not None:
+            self._upkeep.reset()
+
+    def _change(self, state: PlateState, kind: str, message: str, **data: Any) -> None:
+        if state is not self.state:
+            _LOG.info("plate %s -> %s: %s", self.state.value, state.value, message)
+        self.state = state
+        self._emit(Event(kind, message, {"state": state.value, **data}))
+
+    def _save(self) -> None:
+        if self._file is None or self._live is None:
+            return
+        live = self._live
+        try:
+            self._file.save(live.image(), live.method, live.known_fraction, live.created)
+        except (StorageError, MediaError) as err:
+            _LOG.warning("plate not saved: %s", err)
+            self._emit(
+                Event(
+                    "plate.save_failed", f"plate not saved: {err}", {"path": str(self._file.path)}
+                )
+            )
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def capture_now(self) -> None:
+        """Capture the next `capture_frames` frames as the plate, without waiting for stillness."""
+        with self._lock:
+            self._maker = self._maker or PlateMaker(self._config.capture_frames)
+            self._maker.request()
+            self._change(PlateState.CAPTURING, "plate.capturing", "manual capture requested")
+
+    def freeze(self) -> None:
+        """Stop automatic capture, refresh and slow update (gain and small realignments continue)."""
+        with self._lock:
+            self.frozen = True
+            _LOG.info("plate frozen")
+
+    def unfreeze(self) -> None:
+        """Resume automatic capture, refresh and slow update."""
+        with self._lock:
+            self.frozen = False
+            _LOG.info("plate unfrozen")
+
+    def load_file(self, path: Path) -> None:
+        """Use an image file as the plate; MediaError (state unchanged) if unreadable or the wrong size."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise MediaError(f"{path}: cannot read plate: {err.strerror}") from err
+        self.load_array(store.decode(data, Path(path)), f"loaded from {path}")
+
+    def load_array(self, image: np.ndarray, how: str = "loaded from an array") -> None:
+        """Use a BGR uint8 image as the plate; MediaError (state unchanged) if the size is wrong."""
+        with self._lock:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise MediaError(f"plate must be BGR uint8, got {image.dtype} {image.shape}")
+            width, height = image.shape[1], image.shape[0]
+            if self._grid is None:
+                self._setup(width, height)
+            elif self._grid.full != (width, height):
+                raise MediaError(
+                    f"plate is {width}x{height} but frames are {self._grid.full[0]}x{self._grid.full[1]}"
+                )
+            self._drop_plate()
+            self._live = LivePlate(image, self._grid, "file")
+            self._change(PlateState.READY, "plate.loaded", f"plate {how}", method="file")
+            self._save()
+
+    def clear(self) -> None:
+        """Forget the plate (and its saved file); with `auto` a new one is made when the scene allows."""
+        with self._lock:
+            self._drop_plate()
+            self._change(PlateState.NONE, "plate.cleared", "plate cleared")
+            if self._file is not None:
+                try:
+                    self._file.remove()
+                except OSError as err:
+                    _LOG.warning("cannot delete saved plate %s: %s", self._file.path, err.strerror)
+
+    def restore(self, width: int, height: int) -> bool:
+        """At start: reuse the saved plate if it fits this source and size; else warn and start afresh."""
+        with self._lock:
+            if self._grid is None or self._grid.full != (width, height):
+                self._setup(width, height)
+            try:
+                saved = None if self._file is None else self._file.load(width, height)
+            except MediaError as err:
+                _LOG.warning("saved plate discarded: %s", err)
+                return False
+            if saved is None:
+                return False
+            image, meta = saved
+            self._drop_plate()
+            self._live = LivePlate(
+                image, self._grid, meta.method, meta.known_fraction, meta.created
+            )
+            age = time.time() - meta.created
+            message = f"restored saved plate ({meta.method}, {age:.0f} s old)"
+            self._change(PlateState.READY, "plate.loaded", message, method=meta.method)
+            return True
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """State and quality figures for telemetry and the control API."""
+        with self._lock:
+            live, view = self._live, self._view_cache
+            building = None if self._maker is None else self._maker.building
+            difference = None if view is None or live is None else round(view.mean_difference, 2)
+            return {
+                "state": self.state.value,
+                "age_s": None if live is None else round(time.time() - live.created, 1),
+                "known_fraction": None if live is None else round(live.known_fraction, 4),
+                "frozen": self.frozen,
+                "method": None if live is None else live.method,
+                "difference": difference,
+                "drift": None if live is None else round(self._upkeep.drift, 2),
+                "shift": None if live is None else [round(v, 2) for v in live.shift],
+                "gain": None if live is None else [round(float(g), 4) for g in live.gain],
+                "building_known_fraction": None
+                if building is None
+                else round(building.known_fraction, 4),
+            }
+
+    def stats(self) -> dict[str, float]:
+        """Plate maintenance cost per frame over the last few hundred frames."""
+        with self._lock:
+            if not self._timings:
+                return {"maintenance_ms": 0.0, "maintenance_ms_max": 0.0, "frames": 0}
+            samples = np.array(self._timings) * 1000.0
+            return {
+                "maintenance_ms": round(float(samples.mean()), 3),
+                "maintenance_ms_max": round(float(samples.max()), 3),
+                "frames": len(samples),
+            }
+
+    def partial_plate(self) -> tuple[np.ndarray, float] | None:
+        """The per-pixel plate built so far and its known fraction (offline use); None if none."""
+        with self._lock:
+            building = None if self._maker is None else self._maker.building
+            if building is None or building.known_fraction == 0.0:
+                return None
+            return building.plate()

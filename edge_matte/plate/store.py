@@ -1,0 +1,152 @@
+"""Plate persistence: a PNG and a JSON sidecar, each replaced atomically.
+
+The PNG is written first, then the JSON, which carries the PNG's SHA-256. A crash between the
+two leaves a new PNG beside the old JSON; the checksum no longer matches and the pair is
+rejected on load, so a plate is never paired with another plate's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .. import atomic
+from ..errors import MediaError
+
+_LOG = logging.getLogger(__name__)
+
+_VERSION = 1
+_PNG_LEVEL = 1  # fast: a 720p plate encodes in tens of ms
+
+
+@dataclass(frozen=True)
+class PlateMeta:
+    """What is known about a saved plate."""
+
+    created: float  # time.time() when it was made
+    source_uri: str
+    width: int
+    height: int
+    profile: str | None  # calibration profile name in use, if any
+    method: str  # "median", "per-pixel" or "file"
+    known_fraction: float
+
+
+def sidecar(path: Path) -> Path:
+    """The metadata file saved next to plate `path`."""
+    return Path(path).with_suffix(".json")
+
+
+def save(path: Path, image: np.ndarray, meta: PlateMeta) -> None:
+    """Write plate and metadata atomically; raise StorageError (old files intact) on failure."""
+    ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_LEVEL])
+    if not ok:
+        raise MediaError(f"cannot encode the plate for {path} as PNG")
+    data = png.tobytes()
+    record = {
+        "version": _VERSION,
+        **asdict(meta),
+        "created_iso": datetime.fromtimestamp(meta.created, timezone.utc).isoformat(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic.write_bytes(path, data)
+    atomic.write_text(sidecar(path), json.dumps(record, indent=2) + "\n")
+
+
+def load(path: Path) -> tuple[np.ndarray, PlateMeta]:
+    """Read a saved plate and its metadata; raise MediaError naming what is wrong."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        record = json.loads(sidecar(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise MediaError(f"{err.filename}: cannot read saved plate: {err.strerror}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MediaError(f"{sidecar(path)}: plate metadata is not valid JSON: {err}") from err
+    meta = _meta(record, path)
+    if record.get("sha256") != hashlib.sha256(data).hexdigest():
+        raise MediaError(f"{path}: plate does not match its metadata (checksum differs)")
+    image = decode(data, path)
+    if image.shape[:2] != (meta.height, meta.width):
+        raise MediaError(
+            f"{path}: image is {image.shape[1]}x{image.shape[0]}, metadata says {meta.width}x{meta.height}"
+        )
+    return image, meta
+
+
+def _meta(record: object, path: Path) -> PlateMeta:
+    if not isinstance(record, dict) or record.get("version") != _VERSION:
+        raise MediaError(f"{sidecar(path)}: not plate metadata version {_VERSION}")
+    try:
+        return PlateMeta(
+            created=float(record["created"]),
+            source_uri=str(record["source_uri"]),
+            width=int(record["width"]),
+            height=int(record["height"]),
+            profile=None if record["profile"] is None else str(record["profile"]),
+            method=str(record["method"]),
+            known_fraction=float(record["known_fraction"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise MediaError(
+            f"{sidecar(path)}: plate metadata field missing or invalid: {err}"
+        ) from err
+
+
+def decode(data: bytes, name: Path) -> np.ndarray:
+    """Decode image bytes to BGR uint8; MediaError when they are not an image OpenCV reads."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise MediaError(f"{name}: not a readable image")
+    return image
+
+
+class PlateFile:
+    """The keeper's saved plate: where it lives and which source and profile it belongs to."""
+
+    def __init__(self, path: Path, source_uri: str, profile: str | None) -> None:
+        self.path = Path(path)
+        self._source_uri = source_uri
+        self._profile = profile
+
+    def save(self, image: np.ndarray, method: str, known_fraction: float, created: float) -> None:
+        """Save atomically; StorageError or MediaError (old files intact) on failure."""
+        height, width = image.shape[:2]
+        meta = PlateMeta(
+            created, self._source_uri, width, height, self._profile, method, known_fraction
+        )
+        save(self.path, image, meta)
+
+    def load(self, width: int, height: int) -> tuple[np.ndarray, PlateMeta] | None:
+        """The saved plate if there is one (None); MediaError if it is damaged or not for these frames."""
+        if not self.path.exists():
+            return None
+        image, meta = load(self.path)
+        if (meta.width, meta.height) != (width, height):
+            raise MediaError(
+                f"{self.path}: made at {meta.width}x{meta.height}, frames are {width}x{height}"
+            )
+        if meta.source_uri != self._source_uri:
+            raise MediaError(
+                f"{self.path}: made for source {meta.source_uri!r}, now {self._source_uri!r}"
+            )
+        if meta.profile != self._profile:
+            _LOG.info("saved plate was made under profile %s, now %s", meta.profile, self._profile)
+        return image, meta
+
+    def remove(self) -> None:
+        """Delete the saved plate; OSError if that fails."""
+        remove(self.path)
+
+
+def remove(path: Path) -> None:
+    """Delete a saved plate and its metadata if present (the JSON first, so no orphan is trusted)."""
+    for file in (sidecar(path), Path(path)):
+        file.unlink(missing_ok=True)

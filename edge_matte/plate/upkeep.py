@@ -1,0 +1,138 @@
+"""Per-frame care of the plate in use: gain, drift, camera alignment and the slow update.
+
+All of it works on the coarse grid except the slow update (every 4th frame, masked, in C) and a
+confirmed camera shift (measured once at full resolution). Background cells are those the matte
+calls background (alpha ~ 0, eroded by a cell) that are not moving; without a matte (the engine
+was skipped because the scene matched the plate) every still cell is background.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..config import PlateConfig
+from ..frames import Frame
+from .align import MIN_RESPONSE, Shift, ShiftEstimator
+from .detect import NoiseModel
+from .drift import measure_gain, rate_for
+from .grid import Grid, colour_difference, grow
+from .live import LivePlate
+
+BACKGROUND_ALPHA = 0.02  # matte alpha under which a cell is background
+_UPDATE_EVERY = 4  # frames between slow updates (the rate is scaled to match per-frame)
+_ALIGN_PER_S = 10.0  # alignment checks per second
+_MIN_SHIFT_PX = 1.0  # smaller translations are left alone
+_SHIFT_AGREE_PX = 1.0  # two checks this close confirm a shift
+_MIN_DRIFT_CELLS = 0.01  # below this background fraction drift is the median over all cells
+
+
+@dataclass
+class View:
+    """One frame on the grid, computed once per frame."""
+
+    key: tuple[int, float]
+    small: np.ndarray  # uint8 BGR grid image
+    luma: np.ndarray  # float32
+    cost_s: float = 0.0
+    difference: np.ndarray | None = None  # per-cell colour difference to the plate
+    changed: float = 1.0  # fraction of cells beyond the plate threshold
+
+    @property
+    def mean_difference(self) -> float:
+        return math.inf if self.difference is None else float(self.difference.mean())
+
+
+def compare(view: View, live: LivePlate | None, noise: NoiseModel) -> None:
+    """Fill in the view's difference to the plate (in the plate's current light)."""
+    if live is None:
+        view.difference, view.changed = None, 1.0
+        return
+    view.difference = colour_difference(view.small, live.small())
+    view.changed = float(np.mean(view.difference > noise.plate_threshold))
+
+
+def clear_cells(alpha: np.ndarray) -> np.ndarray:
+    """uint8 grid mask of cells with alpha ~ 0."""
+    return (alpha < BACKGROUND_ALPHA).astype(np.uint8)
+
+
+def background_cells(moving: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """uint8 grid mask of cells that are background now: not moving and (per matte) alpha ~ 0."""
+    still = 1 - grow(moving)
+    if alpha is None:
+        return still
+    return still & cv2.erode(clear_cells(alpha), np.ones((3, 3), np.uint8))
+
+
+class Upkeep:
+    """Keeps one plate right frame by frame; reports a confirmed camera shift to the caller."""
+
+    def __init__(self, grid: Grid, noise: NoiseModel, config: PlateConfig, fps: float) -> None:
+        self._noise = noise
+        self._config = config
+        self._aligner = ShiftEstimator(grid)
+        self._align_every = max(1, round(fps / _ALIGN_PER_S))
+        self._pending: Shift | None = None
+        self._frames = 0
+        self.drift = 0.0  # mean difference to the plate over background cells, 8-bit levels
+
+    def reset(self) -> None:
+        """Forget per-plate state (a new plate was installed)."""
+        self._pending = None
+        self.drift = 0.0
+
+    def step(
+        self,
+        live: LivePlate,
+        frame: Frame,
+        view: View,
+        alpha: np.ndarray | None,
+        moving: np.ndarray,
+        frozen: bool,
+    ) -> Shift | None:
+        """One frame of care; return a confirmed camera shift (full resolution) when there is one."""
+        self._frames += 1
+        background = background_cells(moving, alpha)
+        gain = measure_gain(view.small, live.base_small, cv2.bitwise_and(background, live.trusted))
+        if gain is not None:
+            live.set_gain(gain)
+        compare(view, live, self._noise)
+        self._measure_drift(view, background)
+        if self._frames % self._align_every == 0 or self._pending is not None:
+            moved = self._check_alignment(live, frame, view, alpha)
+            if moved is not None or self._pending is not None:
+                return moved  # no slow update while the frame may not line up with the plate
+        if not frozen and self._config.update_rate > 0 and self._frames % _UPDATE_EVERY == 0:
+            unchanged = (view.difference <= self._noise.plate_threshold).astype(np.uint8)
+            rate = rate_for(self._config.update_rate, _UPDATE_EVERY)
+            live.update(frame.image, view.small, background & unchanged, background, rate)
+        return None
+
+    def _measure_drift(self, view: View, background: np.ndarray) -> None:
+        cells = background.astype(bool)
+        if cells.mean() > _MIN_DRIFT_CELLS:
+            self.drift = float(view.difference[cells].mean())
+        else:
+            self.drift = float(np.median(view.difference))
+
+    def _check_alignment(
+        self, live: LivePlate, frame: Frame, view: View, alpha: np.ndarray | None
+    ) -> Shift | None:
+        """Two agreeing grid estimates confirm a shift, which is then measured at full resolution."""
+        clear = None if alpha is None else clear_cells(alpha)
+        shift = self._aligner.estimate(live.luma, view.luma, clear)
+        if shift.response < MIN_RESPONSE or shift.length < _MIN_SHIFT_PX:
+            self._pending = None
+            return None
+        pending, self._pending = self._pending, shift
+        if (
+            pending is None
+            or math.hypot(shift.dx - pending.dx, shift.dy - pending.dy) > _SHIFT_AGREE_PX
+        ):
+            return None
+        self._pending = None
+        return self._aligner.refine(live.image(), frame.image, clear, shift)
