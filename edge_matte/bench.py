@@ -129,8 +129,8 @@ def bench_size(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str
     row("model classic", lambda: classic.matte(frame.image, plate))
     matte = Matte(frame.truth_alpha, frame.image, "truth")
     row("capture test:// render", lambda: source.frame_at(41))
-    keeper = PlateKeeper(PlateConfig(), Path("/nonexistent/plate.png"), "test://", log_only)
-    keeper.load_array(plate) if hasattr(keeper, "load_array") else None
+    keeper = PlateKeeper(PlateConfig(), None, "test://", log_only)
+    keeper.load_array(plate)
     row("plate maintenance", lambda: keeper.observe(frame, matte))
     compositor = Compositor(ComposeConfig(), Path("/nonexistent"))
     row("composite replace", lambda: compositor.composite(frame.image, matte))

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .config import ComposeConfig, MattingConfig, PlateConfig, SourceConfig
+from .config import ComposeConfig, MattingConfig, PlateConfig
 from .engine import MattingEngine
-from .errors import MediaError
-from .frames import Matte
+from .errors import MediaError, SourceEnded, SourceError
+from .frames import Frame, Matte
 from .media import is_video, load_image
 
 # -- edge-matte matte ----------------------------------------------------------------------------
@@ -121,20 +122,38 @@ def _fit_plate(plate: np.ndarray, image: np.ndarray, resize: bool) -> np.ndarray
     return cv2.resize(plate, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
 
 
+class UnpacedFile:
+    """A FrameSource over every frame of a video file, as fast as it decodes: offline tools must
+    neither wait for the file's frame rate nor skip frames as the live source does."""
+
+    def __init__(self, path: Path) -> None:
+        from .capture.opencv_source import open_file
+
+        try:
+            self._grabber = open_file(path, str(path), loop=False)
+        except SourceError as err:
+            raise MediaError(str(err)) from err
+        self.info = self._grabber.info
+        self._index = 0
+
+    def read(self, timeout: float) -> Frame:
+        image = self._grabber.grab()
+        self._index += 1
+        return Frame(image=image, index=self._index, time=time.monotonic())
+
+    def close(self) -> None:
+        self._grabber.close()
+
+
 def _read_video(path: Path) -> Iterator[np.ndarray]:
-    if not path.is_file():
-        raise MediaError(f"{path}: no such file")
-    capture = cv2.VideoCapture(str(path))
-    ok, image = capture.read()
-    if not ok:
-        capture.release()
-        raise MediaError(f"{path}: cannot decode any frame (not a video, or corrupt)")
+    source = UnpacedFile(path)
     try:
-        while ok:
-            yield image
-            ok, image = capture.read()
+        while True:
+            yield source.read(0.0).image
+    except SourceEnded:
+        return
     finally:
-        capture.release()
+        source.close()
 
 
 class _Writers:
@@ -226,15 +245,9 @@ def add_plate_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def plate_build_command(args: argparse.Namespace) -> int:
     from . import atomic
-    from .capture.opener import open_source
     from .plate import build_plate
 
-    if not args.input.is_file():
-        raise MediaError(f"{args.input}: no such file")
-    width, height = _video_size(args.input)
-    source = open_source(
-        SourceConfig(uri=f"file://{args.input.resolve()}", width=width, height=height, loop=False)
-    )
+    source = UnpacedFile(args.input)
     try:
         plate, status = build_plate(source, PlateConfig(), args.max_frames)
     finally:
@@ -244,16 +257,10 @@ def plate_build_command(args: argparse.Namespace) -> int:
         raise MediaError("cannot encode the plate as PNG")
     atomic.write_bytes(args.output, png.tobytes(), mode=0o644)
     known = status.get("known_fraction", 1.0)
+    height, width = plate.shape[:2]
     print(
         f"{args.output}: plate {width}x{height}, {known * 100:.1f}% known, made by {status.get('method')}"
     )
+    if status.get("note"):
+        print(f"note: {status['note']}")
     return 0
-
-
-def _video_size(path: Path) -> tuple[int, int]:
-    capture = cv2.VideoCapture(str(path))
-    size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    capture.release()
-    if min(size) <= 0:
-        raise MediaError(f"{path}: not a readable video")
-    return size
