@@ -139,19 +139,19 @@ def bench_size(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str
 
 
 def _torch_engine(args: argparse.Namespace):
+    """The torch engine on the CPU with the official defaults (random weights unless given)."""
     from .engine.torch_engine import TorchEngine
 
-    config = MattingConfig(weights=args.weights, threads=args.threads)
     if args.weights is not None:
-        return TorchEngine(config, device="cpu")
+        return TorchEngine(MattingConfig(weights=args.weights, threads=args.threads), device="cpu")
     from .model import MattingRefine
 
-    return TorchEngine.from_model(MattingRefine().eval(), config, device="cpu")
+    return TorchEngine.from_model(MattingRefine().eval(), device="cpu", threads=args.threads)
 
 
 def _model_params(engine: Any) -> str:
-    config = engine.config if hasattr(engine, "config") else MattingConfig()
-    return f"scale {config.backbone_scale}, {config.refine_mode} {config.refine_sample_pixels} px"
+    model = engine.model
+    return f"scale {model.backbone_scale}, {model.refiner.mode} {model.refiner.sample_pixels} px"
 
 
 def bench_pipeline(args: argparse.Namespace) -> dict[str, Any]:
