@@ -89,6 +89,8 @@ class EngineChain:
         self._builders = builders
         self._wanted = candidates(config)
         self._remaining = list(self._wanted)
+        # The CHAIN entry in use ("trt"); the engine's own name may say more ("trt-fp16").
+        self._current = ""
         self.engine: MattingEngine = self._next(reason="start")
 
     @property
@@ -98,7 +100,7 @@ class EngineChain:
     @property
     def degraded(self) -> bool:
         """True when running below the best engine this config asked for."""
-        return self.engine.name != self._wanted[0]
+        return self._current != self._wanted[0]
 
     def matte(self, image: np.ndarray, plate: np.ndarray) -> Matte:
         """Matte with the current engine; on failure fall back once and retry the frame."""
@@ -130,5 +132,6 @@ class EngineChain:
                         {"engine": name, "reason": reason, "skipped": failures},
                     )
                 )
+            self._current = name
             return engine
         raise EngineError("no matting engine could be started: " + "; ".join(failures or [reason]))

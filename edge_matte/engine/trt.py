@@ -1,0 +1,317 @@
+"""BackgroundMattingV2 with TensorRT FP16 engines (torch2trt) for its two static pieces ("trt-fp16").
+
+TensorRT takes static shapes only and cannot express the refiner's data-dependent steps (top-k
+over 5,000 patches exceeds its k <= 3840; `nonzero` has no fixed size). So only the static
+pieces become engines: the base network (`BaseNetwork`, one frame at backbone scale) and the
+refiner's convolutions (`PatchRefiner`) on a fixed number of patches (`FixedCountConvs` pads or
+chunks the selected ones), or on the whole image in "full" mode. Resizing, patch selection,
+cropping and scattering run in torch on the GPU (`MattingRefine.forward_with`); the frame
+handling (padding, colour order) is `TorchEngine`'s, reused by overriding `infer`.
+
+Engines are built for the padded frame size on first use (or `prepare`), checked against torch
+on the example input, and kept in the `EngineCache` keyed by the weights' digest, the piece's
+shapes, the precision, the TensorRT version and the GPU name, so a restart loads them in
+seconds. While building (minutes on a Jetson) the systemd start timeout is extended and the
+progress is logged and shown as the unit's STATUS. Any failure raises EngineError, and the
+engine chain falls back to torch.
+
+Host <-> device copies that remain on a Jetson, per frame (the pipeline's boundary is numpy BGR,
+`Frame.image` in and `Matte` out):
+1. Upload of the frame: `TorchEngine.matte` -> `_load_rgb` copies the H x W x 3 uint8 array to
+   the GPU (`torch.from_numpy(...).to(device)`); the RGB/float conversion and padding run there.
+   The capture stage already made that array from jetson-utils' `cudaImage` with one copy
+   (`cudaToNumpy` view + RGB->BGR, see `capture/jetson_source.py`).
+2. Upload of the plate, the same way, every frame, although it rarely changes.
+3. Download of alpha: H x W float32 (`.cpu()` in `matte`).
+4. Download of the foreground: H x W x 3 uint8 BGR (`_to_bgr_uint8`).
+Besides these, `nonzero` in patch selection (sampling and thresholding) waits for the GPU to
+learn the patch count, which `FixedCountConvs` needs on the host; top-k itself stays on the GPU.
+On a Jetson host and GPU share DRAM, so these are memory copies, not PCIe transfers. Removing
+them needs device tensors at the boundary: `torch.as_tensor(cuda_image, device="cuda")` wraps a
+`cudaImage` through `__cuda_array_interface__` without a copy (copy it out of the capture ring
+buffer on the GPU), `infer` takes it directly, and the compositor and output would take
+`pha`/`fgr` tensors (a `cudaImage` can wrap them the same way); the plate would stay on the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, MattingConfig
+from ..errors import EngineError
+from ..model.checkpoint import weights_digest
+from ..model.model import BaseFn, BaseNetwork, MattingRefine, PatchRefiner
+from ..model.refiner import ConvsFn
+from ..notify import Notifier
+from .cache import EngineCache
+from .static import (
+    FixedCountConvs,
+    base_example,
+    default_patch_count,
+    full_examples,
+    patch_examples,
+)
+from .torch_engine import TorchEngine
+
+_LOG = logging.getLogger(__name__)
+
+ENVIRONMENT_FIELDS = ("backend", "device")  # cache fields that describe the machine
+BUILD_EXTEND_S = 90.0  # each systemd start-timeout extension while engines build
+AGREEMENT = 0.1  # an engine must match torch within this fraction of the output's range (>= 1)
+_WORKSPACE = 1 << 28  # TensorRT builder workspace: room for the faster tactics, small for Orin
+
+
+class Converter(Protocol):
+    """Turns a static-shape torch module into an engine module, and restores one from its state."""
+
+    name: str  # the engine's name, e.g. "trt-fp16"
+    precision: str  # e.g. "fp16"
+    backend: str  # e.g. "tensorrt-8.6.2": engines are valid for this version only
+    device: str  # the torch device engines run on, e.g. "cuda"
+    device_name: str  # e.g. "Orin": engines are valid for this GPU only
+
+    def convert(self, module: nn.Module, inputs: Sequence[Tensor]) -> nn.Module:
+        """An engine computing `module` for exactly these input shapes (may take minutes)."""
+        ...
+
+    def restore(self, module: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+        """The engine `convert` made for `module`, from its `state_dict()`."""
+        ...
+
+
+class Torch2TrtConverter:
+    """torch2trt with `fp16_mode=True`: FP16 where TensorRT finds it faster, FP32 elsewhere.
+
+    Raises EngineError where CUDA, TensorRT or torch2trt is missing (they exist on Jetsons).
+    """
+
+    name = "trt-fp16"
+    precision = "fp16"
+    device = "cuda"
+
+    def __init__(self) -> None:
+        if not torch.cuda.is_available():
+            raise EngineError("trt: no CUDA device is available")
+        try:
+            import tensorrt
+            from torch2trt import TRTModule, torch2trt
+        except ImportError as err:
+            raise EngineError(
+                f"trt: TensorRT or torch2trt is not installed ({err}); "
+                "they come with JetPack and torch2trt's source install"
+            ) from err
+        self._torch2trt = torch2trt
+        self._module_class = TRTModule
+        self.backend = f"tensorrt-{tensorrt.__version__}"
+        self.device_name = torch.cuda.get_device_name()
+
+    def convert(self, module: nn.Module, inputs: Sequence[Tensor]) -> nn.Module:
+        # Explicit-batch torch2trt (its current master): the inputs' shapes are the engine's only shapes.
+        return self._torch2trt(
+            module,
+            list(inputs),
+            fp16_mode=True,
+            max_workspace_size=_WORKSPACE,  # TensorRT < 10; 10 sizes its own memory pools
+            keep_network=False,  # the network definition is only needed while building
+        )
+
+    def restore(self, module: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+        engine = self._module_class()
+        engine.load_state_dict(dict(state))
+        return engine
+
+
+@dataclass(frozen=True)
+class _Pieces:
+    """The engines for one padded input size, as `forward_with` takes them."""
+
+    size: tuple[int, int]
+    base: BaseFn
+    convs: ConvsFn
+
+
+class TrtEngine(TorchEngine):
+    """The MattingEngine with accelerated static pieces ("trt-fp16" with the default converter).
+
+    Args:
+        config: the matting section; `weights` is required (its digest keys the cache).
+        converter: default `Torch2TrtConverter()` (EngineError where it cannot exist).
+        cache: default `<cache dir>/engines` (matting.cache_dir, $CACHE_DIRECTORY or
+            ~/.cache/edge-matte), removing engines superseded by a TensorRT or GPU change.
+        patch_count: patches per refiner engine call; default `default_patch_count` for the
+            frame size (sample_pixels // 16).
+        notifier: extended while engines build; default from $NOTIFY_SOCKET.
+    """
+
+    def __init__(
+        self,
+        config: MattingConfig,
+        converter: Converter | None = None,
+        cache: EngineCache | None = None,
+        patch_count: int | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        if patch_count is not None and patch_count < 1:
+            raise ValueError(f"patch count must be >= 1, got {patch_count}")
+        self._converter = converter or Torch2TrtConverter()
+        super().__init__(config, device=self._converter.device)
+        self.name = self._converter.name
+        self._digest = weights_digest(config.weights)  # TorchEngine checked it is set
+        self._cache = cache or EngineCache(
+            Config(matting=config).resolved_cache_dir() / "engines", ENVIRONMENT_FIELDS
+        )
+        self._patch_count = patch_count
+        self._notifier = notifier or Notifier.from_env()
+        self._pieces: _Pieces | None = None
+
+    @classmethod
+    def from_model(cls, model: MattingRefine, device: str = "cuda", threads: int = 0):
+        """Not available: engines are cached under the weights file's digest; use TrtEngine(config)."""
+        raise TypeError(
+            "TrtEngine needs matting.weights (it keys the engine cache); use TrtEngine(config)"
+        )
+
+    def prepare(self, height: int, width: int) -> tuple[BaseFn, ConvsFn]:
+        """Build or load the engines for height x width frames now, not on the first frame.
+
+        Returns them as `forward_with` takes them (base, convs), for callers that time them.
+        """
+        pieces = self._pieces_for(*self.padded_size(height, width))
+        return pieces.base, pieces.convs
+
+    def infer(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, Tensor]:
+        pieces = self._pieces_for(src.size(2), src.size(3))
+        model = self._require_model()
+        pha, fgr = model.forward_with(src, bgr, pieces.base, pieces.convs)[:2]
+        return pha, fgr
+
+    def close(self) -> None:
+        self._pieces = None
+        super().close()
+
+    def _pieces_for(self, height: int, width: int) -> _Pieces:
+        if self._pieces is not None and self._pieces.size == (height, width):
+            return self._pieces
+        self._pieces = None  # free the old size's engines before building new ones
+        started = time.monotonic()
+        # torch2trt traces ordinary no-grad tensors; `matte` runs under inference mode.
+        with self._notifier.extending(BUILD_EXTEND_S), torch.inference_mode(False), torch.no_grad():
+            self._pieces = self._build(height, width)
+        _LOG.info(
+            "%s engines ready for %dx%d in %.1f s",
+            self.name,
+            width,
+            height,
+            time.monotonic() - started,
+        )
+        return self._pieces
+
+    def _build(self, height: int, width: int) -> _Pieces:
+        model = self._require_model()
+        dtype, device = self.dtype, self.device
+        base = self._piece(
+            "base",
+            BaseNetwork(model).eval(),
+            [base_example(model, height, width, dtype, device)],
+            {
+                "input": [height, width],
+                "backbone_scale": model.backbone_scale,
+                "base_input": list(model.base_size(height, width)),
+            },
+        )
+        refiner, kernel_size = PatchRefiner(model.refiner).eval(), model.refiner.kernel_size
+        if model.refiner.mode == "full":
+            convs = self._piece(
+                "refiner-full",
+                refiner,
+                full_examples(model.refiner, height, width, dtype, device),
+                {"input": [height, width], "kernel_size": kernel_size},
+            )
+            return _Pieces((height, width), base, convs)
+        count = self._patch_count or default_patch_count(model, height, width)
+        patches = self._piece(
+            "refiner-patches",
+            refiner,
+            patch_examples(model.refiner, count, dtype, device),
+            {"patch_count": count, "kernel_size": kernel_size},
+        )
+        return _Pieces((height, width), base, FixedCountConvs(patches, count))
+
+    def _fields(self, piece: str, shapes: Mapping[str, Any]) -> dict[str, Any]:
+        """The cache fields of one piece: what it computes, its shapes and the machine it is for."""
+        converter = self._converter
+        return {
+            "piece": piece,
+            "weights": self._digest,
+            "precision": converter.precision,
+            "backend": converter.backend,
+            "device": converter.device_name,
+            **shapes,
+        }
+
+    def _piece(
+        self, piece: str, module: nn.Module, inputs: Sequence[Tensor], shapes: Mapping[str, Any]
+    ) -> nn.Module:
+        """The engine for one piece: from the cache when it loads and agrees with torch, else built."""
+        fields = self._fields(piece, shapes)
+        state = self._cache.load(fields)
+        if state is not None:
+            engine = self._restore(piece, module, state, inputs)
+            if engine is not None:
+                return engine
+        shape_text = " ".join(str(tuple(x.shape)) for x in inputs)
+        self._notifier.status(f"building {self.name} engine '{piece}' for {shape_text}")
+        _LOG.info(
+            "building %s engine '%s' for %s (minutes on a Jetson)", self.name, piece, shape_text
+        )
+        started = time.monotonic()
+        try:
+            engine = self._converter.convert(module, inputs)
+        except Exception as err:  # the converter's own failures have no common type: fall back
+            raise EngineError(f"{self.name}: building the '{piece}' engine failed: {err}") from err
+        problem = _disagreement(module, engine, inputs)
+        if problem is not None:
+            raise EngineError(f"{self.name}: the '{piece}' engine disagrees with torch: {problem}")
+        _LOG.info("built %s engine '%s' in %.1f s", self.name, piece, time.monotonic() - started)
+        self._cache.save(fields, engine.state_dict())
+        return engine
+
+    def _restore(
+        self, piece: str, module: nn.Module, state: Mapping[str, Any], inputs: Sequence[Tensor]
+    ) -> nn.Module | None:
+        """The cached engine, or None (logged) when it does not load or run correctly here."""
+        try:
+            engine = self._converter.restore(module, state)
+            problem = _disagreement(module, engine, inputs)
+        except Exception as err:  # a deserializer's failures have no common type: rebuild
+            engine, problem = None, f"does not load ({type(err).__name__}: {err})"
+        if engine is None or problem is not None:
+            _LOG.warning(
+                "cached %s engine '%s' rejected, rebuilding: %s", self.name, piece, problem
+            )
+            return None
+        _LOG.info("%s engine '%s' loaded from the cache", self.name, piece)
+        return engine
+
+
+def _disagreement(module: nn.Module, engine: nn.Module, inputs: Sequence[Tensor]) -> str | None:
+    """Why `engine` is not `module` on `inputs` (a broken conversion), or None when it agrees."""
+    expected, got = module(*inputs), engine(*inputs)
+    if not isinstance(got, Tensor) or got.shape != expected.shape:
+        return (
+            f"output {getattr(got, 'shape', type(got).__name__)} instead of {tuple(expected.shape)}"
+        )
+    if not bool(torch.isfinite(got).all()):
+        return "non-finite outputs"
+    error = (got.float() - expected.float()).abs().max().item()
+    scale = max(expected.float().abs().max().item(), 1.0)
+    if error > AGREEMENT * scale:
+        return f"max abs error {error:.3g} for outputs up to {scale:.3g}"
+    return None
