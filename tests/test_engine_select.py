@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from model_builders import random_model
-from test_trt import StandInConverter, scene
+from trt_tools import StandInConverter, scene
 
 from edge_matte.config import MattingConfig
 from edge_matte.engine.cache import EngineCache

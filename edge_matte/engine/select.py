@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..config import MattingConfig
-from ..errors import EngineError
+from ..errors import CheckpointError, EngineError
 from ..events import Emit, Event
 from ..frames import Matte
 from ..profile import Profile
@@ -111,6 +111,19 @@ class EngineChain:
             self.engine = self._next(reason=f"{self.engine.name} failed: {err}")
             return self.engine.matte(image, plate)
 
+    def prepare(self, height: int, width: int) -> None:
+        """Build size-specific engines (TensorRT) before the first frame; fall back on failure."""
+        while True:
+            prepare = getattr(self.engine, "prepare", None)
+            if prepare is None:
+                return
+            try:
+                prepare(height, width)
+                return
+            except EngineError as err:
+                self.engine.close()
+                self.engine = self._next(reason=f"{self.engine.name} failed to build: {err}")
+
     def close(self) -> None:
         self.engine.close()
 
@@ -120,8 +133,8 @@ class EngineChain:
             name = self._remaining.pop(0)
             try:
                 engine = self._builders[name](self._config, self._profile)
-            except EngineError as err:
-                failures.append(f"{name}: {err}")
+            except (EngineError, CheckpointError) as err:  # a bad weights file degrades to classic
+                failures.append(str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}")
                 _LOG.warning("engine %s unavailable: %s", name, err)
                 continue
             if reason != "start" or failures:
