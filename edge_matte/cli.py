@@ -33,8 +33,8 @@ def _check_config(args: argparse.Namespace) -> int:
     from .daemon import check_config
 
     problems = check_config(args.file)
-    for line in problems:
-        print(line, file=sys.stderr)
+    for problem in problems:
+        print(_one_line(problem), file=sys.stderr)
     if not problems:
         print(f"{args.file}: ok")
     return EXIT_USAGE if problems else 0
@@ -62,6 +62,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import main_calibrate
 
     return main_calibrate(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import main_export
+
+    return main_export(args)
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -118,12 +124,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_arguments(calibrate)
     calibrate.set_defaults(func=_calibrate)
 
+    from .export import add_arguments as add_export_arguments
+
+    export = sub.add_parser("export", help="export the static networks for other runtimes")
+    onnx = export.add_subparsers(dest="export_command", required=True).add_parser(
+        "onnx",
+        help="fixed-shape ONNX graphs (base, refiner convs, full model) for trtexec/ONNX Runtime",
+    )
+    add_export_arguments(onnx)
+    onnx.set_defaults(func=_export)
+
     from .install import add_arguments as add_install_arguments
 
     install = sub.add_parser("install-service", help="install (or --uninstall) the systemd service")
     add_install_arguments(install)
     install.set_defaults(func=_install)
     return parser
+
+
+def _one_line(text: str) -> str:
+    """Multi-line messages (a YAML parser's) folded into one line, as logs and scripts expect."""
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"edge-matte: config error: {err}", file=sys.stderr)
+        print(f"edge-matte: config error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except EdgeMatteError as err:
         print(f"edge-matte: {err}", file=sys.stderr)

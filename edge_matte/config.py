@@ -318,6 +318,39 @@ class Config(Section):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+# Settings that name files or directories on the device: changing them remotely would let a
+# controller choose where the daemon reads and writes (and widen the media confinement).
+LOCAL_ONLY = (
+    "state_dir",
+    "calibration",
+    "compose.media_dir",
+    "plate.path",
+    "matting.weights",
+    "matting.cache_dir",
+    "stream.password_file",
+    "mqtt.password_file",
+    "mqtt.tls",
+)
+
+
+def refuse_local_only_changes(old: Config, new: Config) -> None:
+    """ConfigError naming each LOCAL_ONLY key a remote patch tried to change."""
+    changed = [key for key in LOCAL_ONLY if _get(old, key) != _get(new, key)]
+    if changed:
+        raise ConfigError(
+            "; ".join(
+                f"{key}: can only be changed in the config file on the device" for key in changed
+            )
+        )
+
+
+def _get(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def format_errors(err: ValidationError) -> list[str]:
     """One line per problem: dotted key, the value given, and why it is wrong."""
     lines = []

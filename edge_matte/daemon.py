@@ -54,8 +54,8 @@ class Daemon:
         self.bus = EventBus()
         self.notifier = notifier or Notifier.from_env()
         self.heartbeat = Heartbeat(self.notifier, STAGES, self._status_line)
-        self._profile = _load_profile(config)
-        self.pipeline = self._new_pipeline(config)
+        self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
+        self.pipeline = self._new_pipeline(config, self._profile)
         self._control = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -69,6 +69,8 @@ class Daemon:
             self._start_control()
             if not self._await_first_output():
                 return 1
+            if self._stop.is_set():
+                return 0  # stopped while starting: a clean stop, but never claim READY
             self.notifier.ready()
             self.heartbeat.start()
             _LOG.info("serving %s", ", ".join(self.urls()) or "no RTSP outputs")
@@ -112,7 +114,13 @@ class Daemon:
             return
         refused = apply_controls(device, self._profile.controls)
         if refused:
-            self.bus.emit(Event("camera.controls_refused", f"{device} did not take {', '.join(refused)}", {"refused": refused}))
+            self.bus.emit(
+                Event(
+                    "camera.controls_refused",
+                    f"{device} did not take {', '.join(refused)}",
+                    {"refused": refused},
+                )
+            )
 
     def _await_first_output(self) -> bool:
         deadline = time.monotonic() + FIRST_FRAME_TIMEOUT_S
@@ -121,7 +129,10 @@ class Daemon:
                 return True
             if self.pipeline.failed:
                 return False
-        return self._stop.is_set()  # stopped while starting is a clean stop
+        if self._stop.is_set():
+            return True  # stopped while starting is a clean stop
+        _LOG.error("no frame reached the output within %.0f s; exiting", FIRST_FRAME_TIMEOUT_S)
+        return False
 
     def _supervise(self) -> int:
         while not self._stop.wait(0.5):
@@ -155,15 +166,32 @@ class Daemon:
         self.bus.subscribe(self._control.publish_event)
         self._control.start()
 
-    def _new_pipeline(self, config: Config) -> Pipeline:
-        return Pipeline(config, self.bus.emit, self.heartbeat.beat, self._profile)
+    def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
+        return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile)
 
-    def _restart_pipeline(self, config: Config) -> None:
-        """Replace the pipeline (source, engine, plate, stream) with one built from `config`."""
-        old = self.pipeline
-        old.stop()
-        self.pipeline = self._new_pipeline(config)
-        self.pipeline.start()
+    def _restart_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> None:
+        """Replace the pipeline (source, engine, plate, stream) with one built from `config`.
+
+        If the new one cannot be built or started (weights refused, port taken), the running
+        config's pipeline is started again before the error propagates: never left with none.
+        """
+        self.pipeline.stop()
+        try:
+            self.pipeline = self._start_pipeline(config, profile)
+        except EdgeMatteError as err:
+            _LOG.error("new pipeline failed (%s); restarting the previous one", err)
+            self.pipeline = self._start_pipeline(self._config, self._profile)
+            raise
+        self._profile = profile
+
+    def _start_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
+        pipeline = self._new_pipeline(config, profile)
+        try:
+            pipeline.start()
+        except EdgeMatteError:
+            pipeline.stop()
+            raise
+        return pipeline
 
     # -- ControlApi ------------------------------------------------------------------------------
 
@@ -216,7 +244,7 @@ class Daemon:
             return self._set_background(args)
         if name == "restart":
             with self._lock:
-                self._restart_pipeline(self._config)
+                self._restart_pipeline(self._config, self._profile)
             return {"restarted": True}
         raise EdgeMatteError(f"unknown command {name!r}")
 
@@ -242,18 +270,29 @@ class Daemon:
             changed = {key for key in Config.model_fields if getattr(old, key) != getattr(new, key)}
             if not changed:
                 return
+            if not trusted:
+                config_mod.refuse_local_only_changes(old, new)
+                _confine_background(old, new)
+            previous_profile = self._profile
             if changed <= LIVE_SECTIONS:
                 self.pipeline.compositor.update(
                     new.compose, allow_absolute=trusted
                 )  # MediaError keeps the old
                 logging.getLogger().setLevel(new.log_level)
             else:
-                self._restart_pipeline(new)
+                self._restart_pipeline(new, preflight(new))  # ConfigError: nothing stopped
             try:
                 if persist and self._config_path is not None:
                     config_mod.save(new, self._config_path)
-            except StorageError:
-                self._revert(old, changed)
+            except StorageError as err:
+                self._revert(old, changed, previous_profile)
+                self.bus.emit(
+                    Event(
+                        "config.save_failed",
+                        f"config change undone, it could not be saved: {err}",
+                        {"path": str(self._config_path), "sections": sorted(changed)},
+                    )
+                )
                 raise
             self._config = new
             if "mqtt" in changed and self._control is not None:
@@ -266,11 +305,11 @@ class Daemon:
             )
         )
 
-    def _revert(self, old: Config, changed: set[str]) -> None:
+    def _revert(self, old: Config, changed: set[str], profile: profile_mod.Profile | None) -> None:
         if changed <= LIVE_SECTIONS:
             self.pipeline.compositor.update(old.compose, allow_absolute=True)
         else:
-            self._restart_pipeline(old)
+            self._restart_pipeline(old, profile)
 
     def _set_background(self, args: dict[str, Any]) -> dict[str, Any]:
         media_dir = self._config.resolved_media_dir()
@@ -312,6 +351,17 @@ def _load_profile(config: Config) -> profile_mod.Profile | None:
     return profile_mod.load(config.calibration)
 
 
+def _confine_background(old: Config, new: Config) -> None:
+    """MediaError unless a remotely changed background asset lies inside the media directory.
+
+    Checked here, not only by the live compositor update: a patch that also changes a section
+    needing a restart builds a new compositor, which trusts its config like the operator's file.
+    """
+    background = new.compose.background
+    if background != old.compose.background and not background.startswith("#"):
+        resolve_asset(background, new.resolved_media_dir())
+
+
 def _mask_credentials(uri: str) -> str:
     """rtsp://user:pass@host -> rtsp://***@host: secrets never leave the device in state."""
     scheme, sep, rest = uri.partition("://")
@@ -320,11 +370,27 @@ def _mask_credentials(uri: str) -> str:
     return uri
 
 
+def preflight(config: Config) -> profile_mod.Profile | None:
+    """What the schema alone cannot check, before anything starts: the files the config names
+    exist and the test:// query parses. Return the calibration profile; ConfigError naming the key."""
+    weights = config.matting.weights
+    if weights is not None and not weights.is_file():
+        raise ConfigError(f"matting.weights: {weights}: no such file")
+    source = config.source
+    if source.uri.startswith("test://"):
+        from .capture.synthetic import parse_uri
+
+        try:
+            parse_uri(source.uri, source.width, source.height, source.fps)
+        except ConfigError as err:
+            raise ConfigError(f"source.uri: {err}") from err
+    return _load_profile(config)
+
+
 def check_config(path: Path) -> list[str]:
-    """Validate a config file (and its calibration profile); [] when valid."""
+    """Validate a config file (and what `preflight` checks); [] when valid."""
     try:
-        cfg = config_mod.load(path)
-        _load_profile(cfg)
+        preflight(config_mod.load(path))
     except ConfigError as err:
         return [str(err)]
     return []

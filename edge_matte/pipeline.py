@@ -89,6 +89,7 @@ class Pipeline:
     def start(self) -> None:
         """Start the RTSP server and the three stage threads."""
         self.plate.restore(*self.size)
+        self.engine.prepare(self.size[1], self.size[0])  # TensorRT builds here, extending systemd's timeout
         if self.stream is not None:
             self.stream.start()
         for name, target in (
@@ -166,8 +167,11 @@ class Pipeline:
         stats = self.stats["matte"]
         while not self._stop.is_set():
             self._beat("matte")
-            frame = self._frames.get(POLL_S)
-            if frame is None:  # nothing new within POLL_S: show "no signal" if the camera is gone
+            # Without a camera the no-signal card is sent at the stream's rate, so viewers keep
+            # a steady stream and late joiners get a keyframe as soon as they would with a camera.
+            wait = POLL_S if self.source.connected else min(POLL_S, 1.0 / self.config.source.fps)
+            frame = self._frames.get(wait)
+            if frame is None:  # nothing new in time: show "no signal" if the camera is gone
                 if not self._stop.is_set() and not self.source.connected:
                     self._results.put(Result(frame=None, matte=None))
                 continue

@@ -120,3 +120,18 @@ def test_patch_keeps_inline_secrets() -> None:
     new = config.apply_patch(cfg, {"compose": {"mode": "blur"}})
     assert new.mqtt.resolved_password() == "right-pw"
     assert new.stream.resolved_password() == "rtsp-pw"
+
+
+@pytest.mark.parametrize("key", config.LOCAL_ONLY)
+def test_remote_patches_may_not_move_files(key: str) -> None:
+    cfg = config.Config()
+    section, _, field = key.rpartition(".")
+    value = {"ca_file": "/etc/shadow"} if key == "mqtt.tls" else "/tmp/elsewhere"
+    patch = {section: {field: value}} if section else {field: value}
+    with pytest.raises(ConfigError, match=f"{key}: can only be changed in the config file"):
+        config.refuse_local_only_changes(cfg, config.apply_patch(cfg, patch))
+
+
+def test_remote_patches_of_other_keys_pass() -> None:
+    cfg = config.Config()
+    config.refuse_local_only_changes(cfg, config.apply_patch(cfg, {"compose": {"mode": "blur"}}))
