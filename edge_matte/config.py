@@ -107,6 +107,26 @@ class ClassicConfig(Section):
     guided_eps: float = Field(1e-4, gt=0, le=1, description="Guided-filter regularisation")
 
 
+class RegionConfig(Section):
+    enabled: bool = Field(
+        True,
+        description="Run the network only on the part of the frame that can hold the subject (plate difference + last alpha)",
+    )
+    threshold: float = Field(
+        8.0,
+        ge=0,
+        le=255,
+        description="Frame-plate difference (8-bit levels) that marks a pixel as possibly foreground",
+    )
+    margin: int = Field(
+        64, ge=0, le=1024, description="Pixels added around the possible foreground"
+    )
+    min_size: int = Field(256, ge=16, le=4096, description="Smallest crop side in pixels")
+    max_fraction: float = Field(
+        0.6, gt=0, le=1, description="Above this fraction of the frame, run on the whole frame"
+    )
+
+
 class MattingConfig(Section):
     engine: Literal["auto", "trt", "torch-cuda", "torch-cpu", "classic"] = Field(
         "auto",
@@ -136,6 +156,14 @@ class MattingConfig(Section):
     cache_dir: Path | None = Field(
         None, description="TensorRT engine cache; None = $CACHE_DIRECTORY or ~/.cache/edge-matte"
     )
+    cpu_optimize: bool = Field(
+        True,
+        description="On the CPU: fold BatchNorm, channels-last, windowed refiner input (same FP32 result within 1e-4)",
+    )
+    cpu_backend: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="CPU backend for the base network (onnxruntime needs the 'onnx' extra)"
+    )
+    region: RegionConfig = Field(default_factory=RegionConfig)
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
 
 

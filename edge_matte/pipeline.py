@@ -230,6 +230,8 @@ class Pipeline:
             matte = Matte(np.zeros(image.shape[:2], np.float32), image, "idle")
         if matte is None:  # no plate yet: show the room as it is while the plate is learnt
             composite, matte = image, Matte(np.ones(image.shape[:2], np.float32), image, "none")
+        elif result.idle and self.compositor.config.mode == "replace":
+            composite = self.compositor.background(width, height)  # nobody in view: no blend
         else:
             composite = self.compositor.composite(image, matte)
         views = {"composite": composite}

@@ -41,13 +41,29 @@ def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> Matting
         raise EngineError("torch-cuda: no CUDA device is available")
     from .torch_engine import TorchEngine
 
-    return TorchEngine(config, device="cuda")
+    return _with_region(TorchEngine(config, device="cuda"), config)
 
 
 def _build_torch_cpu(config: MattingConfig, profile: Profile | None) -> MattingEngine:
-    from .torch_engine import TorchEngine
+    if config.cpu_optimize:
+        from .fast_cpu import FastCpuEngine
 
-    return TorchEngine(config, device="cpu")
+        engine: MattingEngine = FastCpuEngine(config, backend=config.cpu_backend)
+    else:
+        from .torch_engine import TorchEngine
+
+        engine = TorchEngine(config, device="cpu")
+    return _with_region(engine, config)
+
+
+def _with_region(engine: MattingEngine, config: MattingConfig) -> MattingEngine:
+    """Subject-region inference around a torch engine (not TensorRT: its shapes are fixed)."""
+    if not config.region.enabled:
+        return engine
+    from .region import RegionEngine
+
+    settings = config.region.model_dump(exclude={"enabled"})
+    return RegionEngine(engine, config.backbone_scale, **settings)
 
 
 def _build_classic(config: MattingConfig, profile: Profile | None) -> MattingEngine:

@@ -97,7 +97,7 @@ class TorchEngine:
     @torch.inference_mode()
     def matte(self, image: np.ndarray, plate: np.ndarray) -> Matte:
         """Matte one BGR uint8 frame against a BGR uint8 plate of the same size."""
-        _check_images(image, plate)
+        check_images(image, plate)
         height, width = image.shape[:2]
         try:
             src, bgr = self._buffers(height, width)
@@ -152,7 +152,7 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _check_images(image: np.ndarray, plate: np.ndarray) -> None:
+def check_images(image: np.ndarray, plate: np.ndarray) -> None:
     for what, array in (("frame", image), ("plate", plate)):
         if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
             kind = getattr(array, "dtype", type(array).__name__)
