@@ -40,9 +40,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # random-weight models with spread outputs
-from model_builders import random_model  # noqa: E402
-
 from edge_matte import synth  # noqa: E402
 from edge_matte.bench import SIZES, machine  # noqa: E402
 from edge_matte.compose import Compositor  # noqa: E402
@@ -53,6 +50,7 @@ from edge_matte.engine.torch_engine import TorchEngine  # noqa: E402
 from edge_matte.events import log_only  # noqa: E402
 from edge_matte.frames import Frame  # noqa: E402
 from edge_matte.model.fuse import fold_batchnorm  # noqa: E402
+from edge_matte.model.random_weights import random_model  # noqa: E402
 
 COVERAGES = (0.10, 0.25, 0.50, 1.00)
 NOISE_SIGMA = 2.0  # the synthetic camera's noise, 8-bit levels

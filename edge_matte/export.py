@@ -232,9 +232,8 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 
 def _model(args: argparse.Namespace) -> tuple[MattingRefine, str]:
     """The "full"-mode model to export and where its weights came from."""
-    import torch
 
-    from .model import MattingRefine, load_model, weights_digest
+    from .model import load_model, weights_digest
 
     settings = {
         "backbone_scale": args.backbone_scale,
@@ -243,6 +242,7 @@ def _model(args: argparse.Namespace) -> tuple[MattingRefine, str]:
         "refine_kernel_size": args.refine_kernel_size,
     }
     if args.random_weights:
-        torch.manual_seed(args.seed)
-        return MattingRefine(**settings).eval(), f"random (seed {args.seed})"
+        from .model.random_weights import random_model
+
+        return random_model(args.seed, **settings), f"random (seed {args.seed})"
     return load_model(args.weights, **settings), f"sha256:{weights_digest(args.weights)}"

@@ -1,32 +1,5 @@
 """Random-weight BackgroundMattingV2 models for tests (no weights are ever downloaded)."""
 
-from __future__ import annotations
+from edge_matte.model.random_weights import random_model
 
-import torch
-from torch import nn
-
-from edge_matte.model import MattingRefine
-
-
-def random_model(seed: int = 0, **kwargs) -> MattingRefine:
-    """MattingRefine with random weights and BN statistics, in eval mode.
-
-    The output layers are scaled and biased so alpha spreads around 0.5 and the error is mostly
-    above 0: outputs are not clamped flat and sampling/thresholding have patches to choose from.
-    """
-    torch.manual_seed(seed)
-    model = MattingRefine(**kwargs)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-        for head in (model.decoder.conv4, model.refiner.conv4):
-            head.weight.mul_(4.0)
-            head.bias[0] = 0.5
-        model.decoder.conv4.bias[4] = 0.3
-    return model.eval()
+__all__ = ["random_model"]

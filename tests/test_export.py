@@ -11,7 +11,7 @@ from model_builders import random_model
 
 from edge_matte.engine.static import FixedCountConvs, FullMatting
 from edge_matte.export import add_arguments, main_export
-from edge_matte.model import BaseNetwork, MattingRefine, PatchRefiner, load_model
+from edge_matte.model import BaseNetwork, PatchRefiner, load_model
 
 onnx = pytest.importorskip("onnx", reason="needs onnx (the 'onnx' extra)")
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (the 'onnx' extra)")
@@ -143,8 +143,7 @@ def test_random_weights_with_kernel_size_one_export_its_patch_shapes(tmp_path) -
         "x": [64, 42, 2, 2],
         "y": [64, 6, 4, 4],
     }
-    torch.manual_seed(5)  # the seed reproduces the exported weights
-    model = MattingRefine(refine_mode="full", refine_kernel_size=1).eval()
+    model = random_model(5, refine_mode="full", refine_kernel_size=1)  # the exported weights
     gen = torch.Generator().manual_seed(3)
     x, y = torch.rand((64, 42, 2, 2), generator=gen), torch.rand((64, 6, 4, 4), generator=gen)
     with torch.inference_mode():
