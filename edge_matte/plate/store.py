@@ -1,8 +1,10 @@
 """Plate persistence: a PNG and a JSON sidecar, each replaced atomically.
 
-The PNG is written first, then the JSON, which carries the PNG's SHA-256. A crash between the
-two leaves a new PNG beside the old JSON; the checksum no longer matches and the pair is
-rejected on load, so a plate is never paired with another plate's metadata.
+The JSON is written first and carries the SHA-256 of the new PNG and, under "previous", the
+record of the PNG still on disk; then the PNG is replaced. A kill -9 between the two leaves the
+old PNG beside the new JSON, whose "previous" still describes it, so the old plate loads with
+its own metadata: after any crash the pair is the old plate or the new one. A PNG that matches
+neither checksum is rejected, so a plate is never paired with another plate's metadata.
 """
 
 from __future__ import annotations
@@ -55,9 +57,29 @@ def save(path: Path, image: np.ndarray, meta: PlateMeta) -> None:
         **asdict(meta),
         "created_iso": datetime.fromtimestamp(meta.created, timezone.utc).isoformat(),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "previous": _record_on_disk(Path(path)),
     }
-    atomic.write_bytes(path, data)
     atomic.write_text(sidecar(path), json.dumps(record, indent=2) + "\n")
+    atomic.write_bytes(path, data)
+
+
+def _record_on_disk(path: Path) -> dict | None:
+    """The metadata record of the PNG now at `path`, or None if there is no valid pair."""
+    try:
+        record = json.loads(sidecar(path).read_text(encoding="utf-8"))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):  # missing, unreadable or not JSON: nothing to fall back to
+        return None
+    return _matching(record, digest)
+
+
+def _matching(record: object, digest: str) -> dict | None:
+    """The record (or its "previous") whose checksum is `digest`, without its own "previous"."""
+    candidates = (record, record.get("previous")) if isinstance(record, dict) else ()
+    for candidate in candidates:
+        if isinstance(candidate, dict) and candidate.get("sha256") == digest:
+            return {key: value for key, value in candidate.items() if key != "previous"}
+    return None
 
 
 def load(path: Path) -> tuple[np.ndarray, PlateMeta]:
@@ -70,9 +92,11 @@ def load(path: Path) -> tuple[np.ndarray, PlateMeta]:
         raise MediaError(f"{err.filename}: cannot read saved plate: {err.strerror}") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MediaError(f"{sidecar(path)}: plate metadata is not valid JSON: {err}") from err
-    meta = _meta(record, path)
-    if record.get("sha256") != hashlib.sha256(data).hexdigest():
+    _meta(record, path)  # MediaError unless it is plate metadata at all
+    matching = _matching(record, hashlib.sha256(data).hexdigest())
+    if matching is None:
         raise MediaError(f"{path}: plate does not match its metadata (checksum differs)")
+    meta = _meta(matching, path)
     image = decode(data, path)
     if image.shape[:2] != (meta.height, meta.width):
         raise MediaError(
@@ -102,7 +126,10 @@ def _meta(record: object, path: Path) -> PlateMeta:
 
 def decode(data: bytes, name: Path) -> np.ndarray:
     """Decode image bytes to BGR uint8; MediaError when they are not an image OpenCV reads."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:  # OpenCV asserts on some inputs (an empty file) instead of failing
+        raise MediaError(f"{name}: not a readable image") from err
     if image is None:
         raise MediaError(f"{name}: not a readable image")
     return image
