@@ -70,6 +70,12 @@ def _export(args: argparse.Namespace) -> int:
     return main_export(args)
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from .soak import main_soak
+
+    return main_soak(args)
+
+
 def _install(args: argparse.Namespace) -> int:
     from .install import main_install
 
@@ -133,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(onnx)
     onnx.set_defaults(func=_export)
+
+    from .soak import add_arguments as add_soak_arguments
+
+    soak = sub.add_parser(
+        "soak", help="run the daemon under load for N minutes and judge leaks and fps (opt-in)"
+    )
+    add_soak_arguments(soak)
+    soak.set_defaults(func=_soak)
 
     from .install import add_arguments as add_install_arguments
 
