@@ -84,9 +84,9 @@ def test_gpu_engines_fail_one_after_another_down_to_torch_cpu(
         assert to_cuda.data["engine"] == "torch-cuda" and TRT_ERROR in to_cuda.data["reason"]
         assert to_cpu.data["engine"] == "torch-cpu" and "out of memory" in to_cpu.data["reason"]
         assert_streaming(daemon)
-        state = daemon.state()
-        assert (state["engine"], state["degraded"]) == ("torch-cpu", True)
-        assert daemon.telemetry()["engine"] == "torch-cpu"
+        state = daemon.state()  # "torch-cpu", or "torch-cpu+fast..." with the CPU fast path
+        assert state["engine"].startswith("torch-cpu") and state["degraded"]
+        assert daemon.telemetry()["engine"] == state["engine"]
         matted = daemon.pipeline.stats["matte"].frames_out
         assert wait_until(lambda: daemon.pipeline.stats["matte"].frames_out > matted + 5, 20)
     assert log.kinds().count("engine.fallback") == 2
@@ -125,7 +125,7 @@ def test_a_sticky_cuda_error_skips_every_cuda_engine(tmp_path: Path, weights: Pa
 
         assert wait_until(settled, 10) and daemon.pipeline.failed is None
         assert_streaming(daemon)
-        assert daemon.state()["engine"] == "torch-cpu"
+        assert daemon.state()["engine"].startswith("torch-cpu")
 
 
 def test_every_engine_failing_stops_the_daemon_for_systemd(tmp_path: Path) -> None:
