@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from . import atomic
 from .errors import ConfigError
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_SHORT = reprlib.Repr()  # rejected values are echoed, but never at length (YAML alias bombs)
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 2
 
 
 class Section(BaseModel):
@@ -387,8 +390,14 @@ def format_errors(err: ValidationError) -> list[str]:
         if problem["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
         else:
-            lines.append(f"{key}: {problem['msg']} (got {problem.get('input')!r})")
+            lines.append(f"{key}: {problem['msg']} (got {_SHORT.repr(problem.get('input'))})")
     return lines
+
+
+def join_errors(lines: list[str], most: int = 20) -> str:
+    """One line of at most `most` problems (a YAML alias bomb can make thousands)."""
+    more = f"; ... and {len(lines) - most} more" if len(lines) > most else ""
+    return "; ".join(lines[:most]) + more
 
 
 def parse(data: Any, origin: str = "config") -> Config:
@@ -400,7 +409,7 @@ def parse(data: Any, origin: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{origin}: " + "; ".join(format_errors(err))) from err
+        raise ConfigError(f"{origin}: " + join_errors(format_errors(err))) from err
 
 
 def load(path: Path | None) -> Config:
@@ -411,10 +420,14 @@ def load(path: Path | None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from err
     return parse(data, str(path))
 
 

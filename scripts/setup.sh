@@ -12,7 +12,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-rtsp
   gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
   libgirepository1.0-dev libcairo2-dev
-  mosquitto mosquitto-clients ffmpeg openssl systemd v4l-utils
+  mosquitto mosquitto-clients ffmpeg openssl systemd v4l-utils strace
 )
 
 missing=()

@@ -105,11 +105,6 @@ def test_torch_cpu_failing_lands_on_classic(tmp_path: Path, weights: Path) -> No
         assert daemon.state()["engine"] == "classic"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EngineChain.matte falls back only once per frame: an engine that fails on the "
-    "retried frame (a sticky CUDA error poisons torch-cuda too) stops the pipeline",
-)
 def test_a_sticky_cuda_error_skips_every_cuda_engine(tmp_path: Path, weights: Path) -> None:
     config = small_config(tmp_path, SCENE, matting={"weights": str(weights), "engine": "auto"})
     daemon = daemon_with_chain(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -25,14 +26,15 @@ def test_real_proc_readings_follow_what_the_process_does(tmp_path: Path) -> None
     worker = threading.Thread(target=release.wait)
     worker.start()
     with open(tmp_path / "held", "w"):
-        ballast = b"x" * 64_000_000
+        ballast = mmap.mmap(-1, 64_000_000)  # fresh pages: a heap allocation may reuse freed RSS
+        ballast.write(b"x" * 64_000_000)
         during = reader.read()
     release.set()
     worker.join()
     assert during["threads"] >= before["threads"] + 1
     assert during["open_fds"] >= before["open_fds"] + 1
     assert during["rss_bytes"] >= before["rss_bytes"] + 50_000_000
-    del ballast
+    ballast.close()
 
     start = time.process_time()
     while time.process_time() - start < 0.1:  # burn CPU, measured in CPU time

@@ -119,13 +119,14 @@ class EngineChain:
         return self._current != self._wanted[0]
 
     def matte(self, image: np.ndarray, plate: np.ndarray) -> Matte:
-        """Matte with the current engine; on failure fall back once and retry the frame."""
-        try:
-            return self.engine.matte(image, plate)
-        except EngineError as err:
-            self.engine.close()
-            self.engine = self._next(reason=f"{self.engine.name} failed: {err}")
-            return self.engine.matte(image, plate)
+        """Matte with the current engine; on failure fall back (as far as needed) and retry the
+        frame; EngineError once the chain is exhausted."""
+        while True:
+            try:
+                return self.engine.matte(image, plate)
+            except EngineError as err:
+                self.engine.close()
+                self.engine = self._next(reason=f"{self.engine.name} failed: {err}")
 
     def prepare(self, height: int, width: int) -> None:
         """Build size-specific engines (TensorRT) before the first frame; fall back on failure."""
