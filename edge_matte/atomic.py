@@ -5,6 +5,7 @@ A reader (or a restart after `kill -9`) sees either the old file or the new one,
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,22 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o640) -> None:
 def write_text(path: Path, text: str, mode: int = 0o640) -> None:
     """Atomically replace `path` with UTF-8 `text`."""
     write_bytes(path, text.encode("utf-8"), mode)
+
+
+def sweep_leftovers(path: Path) -> list[Path]:
+    """Delete the temp files a write of `path` left behind when the process was killed mid-write.
+
+    Call it before this process writes `path` again: at start-up nothing is writing them. Only our
+    own pattern (`.NAME.*.tmp` beside `path`) is touched; returns what was removed."""
+    path = Path(path)
+    removed = []
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            leftover.unlink()
+        except OSError:
+            continue  # e.g. a read-only directory: harmless, the next sweep tries again
+        removed.append(leftover)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

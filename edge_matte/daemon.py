@@ -32,6 +32,7 @@ from .events import Event, EventBus
 from .media import decode_image, resolve_asset
 from .notify import Heartbeat, Notifier
 from .pipeline import Pipeline
+from .plate import store as plate_store
 from .telemetry import system_readings
 
 _LOG = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT; exit code 0 on a clean stop, 1 if the pipeline failed."""
         self._install_signals()
         try:
+            self._sweep_leftovers()
             self._reapply_camera_controls()
             self.pipeline.start()
             self._start_control()
@@ -109,6 +111,13 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def _sweep_leftovers(self) -> None:
+        """Remove temp files of writes cut short by a kill -9 (the old files are intact)."""
+        plate = self._config.resolved_plate_path()
+        for path in (self._config_path, plate, plate_store.sidecar(plate)):
+            for leftover in atomic.sweep_leftovers(path) if path is not None else []:
+                _LOG.warning("removed %s, left by a write that was interrupted", leftover)
 
     def _reapply_camera_controls(self) -> None:
         """Lock the camera as calibration left it (V4L2 only; Argus settings come from the URI)."""

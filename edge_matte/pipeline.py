@@ -89,7 +89,9 @@ class Pipeline:
     def start(self) -> None:
         """Start the RTSP server and the three stage threads."""
         self.plate.restore(*self.size)
-        self.engine.prepare(self.size[1], self.size[0])  # TensorRT builds here, extending systemd's timeout
+        self.engine.prepare(
+            self.size[1], self.size[0]
+        )  # TensorRT builds here, extending systemd's timeout
         if self.stream is not None:
             self.stream.start()
         for name, target in (
@@ -222,7 +224,7 @@ class Pipeline:
         """The composite plus whichever of the alpha/debug views are served."""
         width, height = self.size
         if result.frame is None:
-            card = no_signal(self.compositor.background(width, height), self._no_signal_text())
+            card = no_signal(self.compositor.background(width, height), self.source.problem())
             return {name: card for name in self._outputs()}
         image = result.frame.image
         matte = result.matte
@@ -244,10 +246,6 @@ class Pipeline:
 
     def _outputs(self) -> list[str]:
         return ["composite", *[name for name in self.config.stream.outputs if name != "composite"]]
-
-    def _no_signal_text(self) -> str:
-        error = self.source.last_error or "waiting for the camera"
-        return f"{self.config.source.uri.split('@')[-1]}: {error}"
 
     # -- observation -----------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ RTSP output fails, jetson-inference #1790). `push` hands a BGR frame to the moun
 which is leaky and bounded, so a slow client can never block the pipeline; with nobody watching
 there is no appsrc and `push` returns at once. A viewer that stalls completely backs up the
 shared media (gst-rtsp-server waits for it; others then join slowly), so sessions that send no
-keepalive expire after `_SESSION_TIMEOUT_S`. The GLib main loop runs in its own daemon thread on
+keepalive expire after `_SESSION_TIMEOUT_S`, and a connection left without a session that long
+is closed. The GLib main loop runs in its own daemon thread on
 a private main context, so it cannot interfere with other GLib users in the process.
 """
 
@@ -108,6 +109,7 @@ class RtspServer:
         self._lock = threading.Lock()
         self._appsrcs: dict[str, Any] = {}
         self._clients: set[Any] = set()  # the GstRtspServer.RTSPClient objects, held until closed
+        self._sessionless: dict[Any, float] = {}  # client -> since when it has had no session
         self._thread: threading.Thread | None = None
         self._glib: Any = None
         self._gst: Any = None
@@ -209,6 +211,7 @@ class RtspServer:
     def _on_client_closed(self, client: Any) -> None:
         with self._lock:
             self._clients.discard(client)
+        self._sessionless.pop(client, None)
 
     def _on_new_session(self, _client: Any, session: Any) -> None:
         session.set_timeout(_SESSION_TIMEOUT_S)  # announced to the client, which keeps it alive
@@ -218,7 +221,21 @@ class RtspServer:
         removed = self._server.get_session_pool().cleanup()
         if removed:
             _LOG.info("RTSP: dropped %d client session(s) that stopped responding", removed)
+        self._server.client_filter(self._close_if_sessionless)
         return True
+
+    def _close_if_sessionless(self, _server: Any, client: Any) -> Any:
+        """Close a connection that has had no session for a whole timeout: a viewer whose session
+        expired but which never hangs up (or never sets one up) would hold its socket for good."""
+        now = time.monotonic()
+        if client.session_filter(None):
+            self._sessionless.pop(client, None)
+            return self._rtsp.RTSPFilterResult.KEEP
+        since = self._sessionless.setdefault(client, now)
+        if now - since < _SESSION_TIMEOUT_S:
+            return self._rtsp.RTSPFilterResult.KEEP
+        _LOG.info("RTSP: closing a connection that has had no session for %d s", _SESSION_TIMEOUT_S)
+        return self._rtsp.RTSPFilterResult.REMOVE
 
     def client_count(self) -> int:
         """RTSP connections currently open."""

@@ -170,6 +170,16 @@ class StalledClient:
 
     def unsent_bytes(self) -> int:
         """Bytes the server has queued towards us in the kernel (/proc/net/tcp tx_queue)."""
+        row = self._server_end()
+        return int(row[4].split(":")[0], 16) if row else 0
+
+    def hung_up(self) -> bool:
+        """The server closed its end (its socket is no longer ESTABLISHED), we never did."""
+        row = self._server_end()
+        return row is None or row[3] != "01"
+
+    def _server_end(self) -> list[str] | None:
+        """The server's socket of this connection, as its /proc/net/tcp row."""
         server_port = self._sock.getpeername()[1]
         own_port = self._sock.getsockname()[1]
         with open("/proc/net/tcp") as table:
@@ -177,8 +187,8 @@ class StalledClient:
                 fields = row.split()
                 local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
                 if (local, remote) == (server_port, own_port):
-                    return int(fields[4].split(":")[0], 16)
-        return 0
+                    return fields
+        return None
 
     def close(self) -> None:
         self._sock.close()

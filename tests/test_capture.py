@@ -237,8 +237,10 @@ def test_rtsp_camera_killed_and_restarted_recovers_without_restart() -> None:
         pump_until(source, lambda _: "source.lost" in events.kinds())
         assert not source.connected
         assert source.last_error
-        with pytest.raises(SourceTimeout, match="no signal"):
+        assert source.problem().count(config.uri) == 1  # named once on the no-signal card
+        with pytest.raises(SourceTimeout, match="no signal") as caught:
             source.read(0.2)
+        assert str(caught.value).count(config.uri) == 1
 
         camera.start()  # same port
         frames = pump_until(source, lambda frames: len(frames) >= 5)
@@ -291,6 +293,7 @@ def test_resilient_source_gives_up_on_a_silent_camera_and_reconnects() -> None:
             finally:
                 os.kill(camera.pid, signal.SIGCONT)
             assert "no frame for 2 s" in (source.last_error or "")
+            assert source.problem() == f"{config.uri}: {source.last_error}"
             pump_until(source, lambda frames: len(frames) >= 3)
         finally:
             source.close()

@@ -135,6 +135,12 @@ def _variants(state: dict[str, torch.Tensor]) -> dict[str, tuple[dict, list[str]
     extra = {**state, "refiner.conv5.weight": torch.zeros(4, 4, 3, 3)}
     shaped = {**state, "decoder.conv4.weight": torch.zeros(38, 54, 3, 3)}
     foreign = {"fc.weight": torch.zeros(10, 10)}
+    integer = {**state, "aspp.convs.0.0.weight": state["aspp.convs.0.0.weight"].long()}
+    nan = state["refiner.conv1.weight"].clone()
+    nan[0, 0, 0, 0] = float("nan")
+    inf = state["decoder.bn1.bias"].clone()
+    inf[3] = float("-inf")
+    broken = {**state, "refiner.conv1.weight": nan, "decoder.bn1.bias": inf}
     return {
         "resnet": (
             resnet,
@@ -147,6 +153,14 @@ def _variants(state: dict[str, torch.Tensor]) -> dict[str, tuple[dict, list[str]
             shaped,
             ["decoder.conv4.weight is (38, 54, 3, 3) in the file but (37, 54, 3, 3) in the model"],
         ),
+        "integer weights": (
+            integer,
+            ["1 tensors of the wrong dtype: aspp.convs.0.0.weight is torch.int64"],
+        ),
+        "not finite": (
+            broken,
+            ["2 tensors with NaN or Inf values:", "decoder.bn1.bias", "refiner.conv1.weight"],
+        ),
     }
 
 
@@ -157,6 +171,16 @@ def test_files_that_do_not_fit_the_architecture_are_refused(tmp_path, state):
             load_model(path)
         for message in messages:
             assert message in str(caught.value), name
+
+
+def test_half_precision_weights_load_as_float32(tmp_path, state):
+    half = {
+        key: value.half() if value.is_floating_point() else value for key, value in state.items()
+    }
+    model = load_model(save(tmp_path / "half.pth", half))
+    key = "decoder.conv4.weight"
+    assert model.state_dict()[key].dtype == torch.float32
+    assert torch.equal(model.state_dict()[key], half[key].float())
 
 
 def test_many_missing_keys_are_listed_briefly(tmp_path, state):

@@ -289,3 +289,21 @@ def test_kill_9_at_every_rename_and_fsync_leaves_old_or_new(tmp_path: Path, name
     # The config is written before the plate: any kill leaves one of these three, in order.
     assert set(outcomes) <= {(0, 0), (1, 0), (1, 1)}, outcomes
     assert outcomes == sorted(outcomes) and (1, 0) in outcomes
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt: strace)")
+def test_a_restart_sweeps_the_temp_files_of_killed_writes(tmp_path: Path) -> None:
+    write_versions(tmp_path, 0, 1)
+    # Killed at its first fsync, the writer leaves the config's temp file beside the old config.
+    wrap = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync"]
+    wrap += ["-e", "inject=fsync:signal=KILL:when=1"]
+    assert write_versions(tmp_path, 1, 2, wrap) == -signal.SIGKILL
+    leftovers = sorted(tmp_path.glob(".*.tmp"))
+    assert [path.name.split(".")[1] for path in leftovers] == ["edge-matte"]
+    unrelated = tmp_path / ".notes.txt.1234.tmp"  # not a temp file of ours: left alone
+    unrelated.write_text("keep me")
+    daemon = Daemon(small_config(tmp_path), config_path=tmp_path / "edge-matte.yaml")
+    with running(daemon):
+        assert not any(path.exists() for path in leftovers)
+    assert unrelated.read_text() == "keep me"
+    assert config_mod.load(tmp_path / "edge-matte.yaml").compose.background == "#000000"

@@ -95,7 +95,15 @@ class ResilientSource:
     def _no_frame_message(self, timeout: float) -> str:
         if self.connected:
             return f"no frame from {self._label} within {timeout:.2f} s"
-        return f"no signal from {self._label}: {self.last_error or 'opening'}; reconnecting"
+        return f"no signal: {self.problem()}; reconnecting"
+
+    def problem(self) -> str:
+        """What keeps the camera away, naming it once (most capture errors already name it)."""
+        if self.last_error is None:
+            return f"{self._label}: opening"
+        if self._label in self.last_error:
+            return self.last_error
+        return f"{self._label}: {self.last_error}"
 
     def _on_frame(self) -> None:
         self._last_frame_at = time.monotonic()
@@ -125,7 +133,7 @@ class ResilientSource:
         _LOG.warning("source %s lost: %s", self._label, reason)
         if not self._lost:
             self._lost = True
-            self._emit(Event("source.lost", f"{self._label} lost: {reason}", self._data()))
+            self._emit(Event("source.lost", f"camera lost: {self.problem()}", self._data()))
 
     def _data(self) -> dict[str, object]:
         return {"uri": self._label, "error": self.last_error, "reconnects": self.reconnects}

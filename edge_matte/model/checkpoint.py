@@ -66,7 +66,8 @@ def load_model(path: str | Path, **refine_kwargs: Any) -> MattingRefine:
 
 
 def check_fit(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], origin: str) -> None:
-    """Raise CheckpointError unless `state` has exactly `expected`'s keys and shapes."""
+    """Raise CheckpointError unless `state` has exactly `expected`'s keys and shapes, with finite
+    floating-point weights where the model has them."""
     resnet = sorted(key for key in state if key.startswith(_RESNET_PREFIXES))
     if resnet:
         raise CheckpointError(
@@ -78,6 +79,15 @@ def check_fit(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], origi
             f"{origin}: no MobileNetV2 backbone keys (backbone.features.*); "
             "not a BackgroundMattingV2 MobileNetV2 checkpoint"
         )
+    problems = _key_problems(expected, state) + _value_problems(expected, state)
+    if problems:
+        raise CheckpointError(
+            f"{origin}: does not fit MattingRefine(mobilenetv2): " + "; ".join(problems)
+        )
+
+
+def _key_problems(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[str]:
+    """Missing and unexpected keys, and shape mismatches (the refiner's kernel size is a common one)."""
     problems = []
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -96,10 +106,35 @@ def check_fit(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], origi
         problems.append(f"{len(mismatched)} shape mismatches: {_first(details)}")
         if any(key.startswith("refiner.conv") for key in mismatched):
             problems.append("check refine_kernel_size (the released weights use 3)")
-    if problems:
-        raise CheckpointError(
-            f"{origin}: does not fit MattingRefine(mobilenetv2): " + "; ".join(problems)
-        )
+    return problems
+
+
+def _value_problems(expected: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> list[str]:
+    """Weights of the wrong kind (integers, complex) or not finite (NaN/Inf from a bad training
+    run or a damaged file): `load_state_dict` would cast or copy them silently into garbage alpha.
+    Half and bfloat16 weights are fine; they are cast to the model's float32."""
+    problems = []
+    wrong_kind = [
+        f"{key} is {state[key].dtype}"
+        for key, want in expected.items()
+        if key in state and _kind(state[key]) != _kind(want)
+    ]
+    if wrong_kind:
+        problems.append(f"{len(wrong_kind)} tensors of the wrong dtype: {_first(wrong_kind)}")
+    not_finite = [
+        key
+        for key, value in state.items()
+        if key in expected and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if not_finite:
+        problems.append(f"{len(not_finite)} tensors with NaN or Inf values: {_first(not_finite)}")
+    return problems
+
+
+def _kind(tensor: Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    return "float" if tensor.is_floating_point() else "integer"
 
 
 def weights_digest(path: str | Path) -> str:
