@@ -19,8 +19,10 @@ EXIT_USAGE = 2
 
 def _run(args: argparse.Namespace) -> int:
     from . import config as config_mod
+    from . import memory
     from .daemon import Daemon
 
+    memory.limit_arenas()  # before any thread starts
     cfg = config_mod.load(args.config)
     logging.getLogger().setLevel(cfg.log_level)
     daemon = Daemon(cfg, args.config)
@@ -117,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_arguments
 
     bench = sub.add_parser(
-        "bench", help="measure ms/frame of the model, the stages and the pipeline"
+        "bench", help="time every fast path and the pipeline against the plain FP32 model"
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)

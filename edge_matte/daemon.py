@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import functools
 import hashlib
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 
 import cv2
 
-from . import __version__, atomic
+from . import __version__, atomic, memory
 from . import config as config_mod
 from . import profile as profile_mod
 from .capture.v4l2_controls import apply_controls, v4l2_device
@@ -40,7 +39,7 @@ _LOG = logging.getLogger(__name__)
 STAGES = ("capture", "matte", "output")
 LIVE_SECTIONS = {"compose", "mqtt", "log_level"}  # applied without touching the pipeline
 FIRST_FRAME_TIMEOUT_S = 120.0
-TRIM_INTERVAL_S = 60.0  # see _release_free_memory
+TRIM_INTERVAL_S = 60.0  # see edge_matte.memory
 
 
 class Daemon:
@@ -150,7 +149,7 @@ class Daemon:
         next_trim = time.monotonic() + TRIM_INTERVAL_S
         while not self._stop.wait(0.5):
             if time.monotonic() >= next_trim:
-                _release_free_memory()
+                memory.release_free_memory()
                 next_trim = time.monotonic() + TRIM_INTERVAL_S
             if self.pipeline.failed:
                 _LOG.error(
@@ -379,25 +378,6 @@ def _confine_background(old: Config, new: Config) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-
-
-def _release_free_memory() -> None:
-    """Give memory the stages freed back to the OS (glibc `malloc_trim`); no-op off glibc.
-
-    Frames pass through multi-megabyte buffers on several threads and glibc keeps what they free
-    in per-thread arenas, so RSS climbs in steps for minutes (a 720p soak: +40 MB over 5 min,
-    then flat) and would hide a real leak. Trimming once a minute keeps RSS at what is live.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def _mask_credentials(uri: str) -> str:
     """rtsp://user:pass@host -> rtsp://***@host: secrets never leave the device in state."""
     scheme, sep, rest = uri.partition("://")

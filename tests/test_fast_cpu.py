@@ -18,6 +18,7 @@ from edge_matte.config import MattingConfig
 from edge_matte.engine.fast_cpu import (
     FastCpuEngine,
     WindowRefiner,
+    _phase_weights,
     channels_last_base,
     optimize_for_cpu,
 )
@@ -194,3 +195,15 @@ def test_fast_engine_rejects_unknown_backends_and_devices():
         FastCpuEngine.from_model(random_model(0), backend="openvino")
     with pytest.raises(EngineError):
         FastCpuEngine.from_model(random_model(0), device="cuda")
+
+
+def test_phase_weights_fold_the_upsample_into_the_convolution():
+    """conv1 over a x2 bilinear upsample == four 3x3 phase convolutions of the window itself."""
+    gen = torch.Generator().manual_seed(7)
+    window = torch.randn(5, 36, 7, 9, generator=gen)
+    weight = torch.randn(24, 36, 3, 3, generator=gen)
+    upsampled = nn.functional.interpolate(window, scale_factor=2.0, mode="bilinear")
+    expected = nn.functional.conv2d(upsampled[:, :, 1:-1, 1:-1], weight)
+    actual = nn.functional.pixel_shuffle(nn.functional.conv2d(window, _phase_weights(weight)), 2)
+    assert actual.shape == expected.shape == (5, 24, 10, 14)
+    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()

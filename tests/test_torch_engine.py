@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -100,6 +103,52 @@ def test_results_repeat_across_frames_and_size_changes(engine):
     assert np.array_equal(again.alpha, reference.alpha)
     assert np.array_equal(again.foreground, reference.foreground)
     assert again.alpha is not reference.alpha  # fresh arrays: callers may keep them
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array.setflags(write=False)
+    return array
+
+
+def test_an_immutable_plate_is_converted_once_and_a_changed_plate_is_seen(engine, model):
+    image, plate = scene(64, 96, seed=5)
+    other_image, other_plate = scene(64, 96, seed=6)
+    still = frozen(plate)
+    first = engine.matte(image, still)
+    assert engine._bgr_of is still  # kept: nobody can change it
+    assert np.array_equal(engine.matte(image, still).alpha, first.alpha)
+    # Another immutable plate, and a writable plate changed in place, are both converted anew.
+    assert np.allclose(
+        engine.matte(other_image, frozen(other_plate)).alpha,
+        model_output(model, other_image, other_plate)[0],
+        atol=1e-5,
+    )
+    writable = plate.copy()
+    engine.matte(image, writable)
+    writable[:] = other_plate
+    assert np.allclose(
+        engine.matte(other_image, writable).alpha,
+        model_output(model, other_image, other_plate)[0],
+        atol=1e-5,
+    )
+    assert engine._bgr_of is None
+
+
+def test_reading_a_read_only_plate_does_not_warn():
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('default')\n"
+        "from edge_matte.engine.torch_engine import _load_rgb\n"
+        "import torch\n"
+        "plate = np.zeros((8, 8, 3), np.uint8); plate.setflags(write=False)\n"
+        "_load_rgb(torch.empty(1, 3, 8, 8), plate)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "not writable" not in result.stderr
 
 
 def test_non_contiguous_frames_are_accepted(engine):

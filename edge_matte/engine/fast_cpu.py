@@ -92,7 +92,11 @@ class WindowRefiner(Refiner):
         ref = self.select_refinement_regions(err)
         idx = torch.nonzero(ref.squeeze(1))
         idx = idx[:, 0], idx[:, 1], idx[:, 2]
-        out = F.interpolate(coarse[:, -4:], (h, w), mode="bilinear", align_corners=False)
+        # Contiguous first: upsampling 4 channels-last channels is half as fast as 4 planes,
+        # and the planar result keeps the frame conversions after it cheap.
+        out = F.interpolate(
+            coarse[:, -4:].contiguous(), (h, w), mode="bilinear", align_corners=False
+        )
         if idx[0].size(0) > 0:
             out = replace_patch(out, self._refine_selected(src_bgr, coarse, idx, convs), idx)
         return out[:, :1], out[:, 1:], ref
@@ -102,34 +106,98 @@ class WindowRefiner(Refiner):
         top, left = int(idx[1].min()), int(idx[2].min())
         rows, cols = int(idx[1].max()) - top + 1, int(idx[2].max()) - left + 1
         if coarse.shape[0] > 1 or rows * cols > self.DENSE_RATIO * idx[0].size(0):
-            return convs(*self._window_inputs(src_bgr, coarse, idx, (1, 1)))
+            return self._refine_windows(src_bgr, coarse, idx, (1, 1), convs)
         corner = (idx[0][:1], idx[1].new_tensor([top]), idx[2].new_tensor([left]))
-        dense = convs(*self._window_inputs(src_bgr, coarse, corner, (rows, cols)))
+        dense = self._refine_windows(src_bgr, coarse, corner, (rows, cols), convs)
         blocks = dense.reshape(4, rows, PATCH, cols, PATCH).permute(1, 3, 0, 2, 4)
         return blocks[idx[1] - top, idx[2] - left]
 
+    def _refine_windows(
+        self,
+        src_bgr: Tensor,
+        coarse: Tensor,
+        corners: Index,
+        cells: tuple[int, int],
+        convs: ConvsFn,
+    ) -> Tensor:
+        """`convs` on windows of `cells` quarter-resolution cells at `corners`.
+
+        With its own kernel-3 convolutions the upsampling of the coarse channels is folded into
+        conv1 (`_phase_conv1`); any other `convs` (a static engine) gets the windows as they are.
+        """
+        source_half = self._source_half(src_bgr)
+        if convs != self.convs or self.kernel_size != 3:
+            return convs(*self._window_inputs(src_bgr, source_half, coarse, corners, cells))
+        return self.convs_after_conv1(
+            self._phase_conv1(src_bgr, source_half, coarse, corners, cells),
+            self._full_windows(src_bgr, corners, cells),
+        )
+
+    def _phase_conv1(
+        self,
+        src_bgr: Tensor,
+        source_half: Tensor,
+        coarse: Tensor,
+        corners: Index,
+        cells: tuple[int, int],
+    ) -> Tensor:
+        """conv1 of the windows without upsampling their coarse channels first.
+
+        conv1 reads the coarse channels after a x2 bilinear upsample, a fixed linear map, so
+        conv1 of the upsample equals, for each of the four output pixel parities, one 3x3
+        convolution of the quarter-resolution window itself (`_phase_weights`), its outputs
+        interleaved by `pixel_shuffle`. Same products, a quarter of the input to read, and no
+        42-channel concatenation. Where a window reaches past the frame the original sees zeros
+        instead of upsampled values: there a one-cell strip along that side is recomputed the
+        original way (its conv1 rows are the window's outermost ones, which cover every row that
+        sees the outside).
+        """
+        channels = coarse.shape[1]
+        half = self._paddings()[0]
+        sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)
+        weight, bias = self.conv1.weight, self.conv1.bias
+        phases = F.conv2d(
+            self._coarse_windows(coarse, corners, cells), _phase_weights(weight[:, :channels])
+        )
+        hidden = F.pixel_shuffle(phases, 2)
+        hidden += F.conv2d(_gather(source_half, corners, 2, sides), weight[:, channels:], bias)
+        frame = (src_bgr.shape[2] // 2, src_bgr.shape[3] // 2)
+        for picked, corner, strip, where in _edge_strips(corners, cells, half, frame):
+            x = self._half_windows(source_half, coarse, corner, strip)
+            hidden[(picked, slice(None), *where)] = self.conv1(x)
+        return hidden
+
     def _window_inputs(
-        self, src_bgr: Tensor, coarse: Tensor, corners: Index, cells: tuple[int, int]
+        self,
+        src_bgr: Tensor,
+        source_half: Tensor,
+        coarse: Tensor,
+        corners: Index,
+        cells: tuple[int, int],
     ) -> tuple[Tensor, Tensor]:
-        """`convs`' inputs for windows of `cells` quarter-resolution cells at `corners`.
+        """`convs`' inputs (x, y) for windows of `cells` quarter-resolution cells at `corners`."""
+        x = self._half_windows(source_half, coarse, corners, cells)
+        return x, self._full_windows(src_bgr, corners, cells)
+
+    def _half_windows(
+        self, source_half: Tensor, coarse: Tensor, corners: Index, cells: tuple[int, int]
+    ) -> Tensor:
+        """conv1's input x for windows of `cells` quarter-resolution cells at `corners`.
 
         A window of r x c cells at quarter position (y, x) needs half-resolution rows
         2y - half .. 2(y + r) + half of the half-resolution frame, zero outside it. Their coarse
         part is cut from the 2x bilinear upsample of quarter-resolution rows y - reach ..
         y + r - 1 + reach (edges replicated, as interpolate clamps; the rows used never touch
-        the window's own edges); their source part from the source's half-resolution copy.
+        the window's own edges); their source part from the source's half-resolution copy
+        (`source_half`, zero-padded by `half`, channels last).
         Channels-last, because oneDNN runs the refiner's convolutions on it about twice as fast.
         """
-        half, full = self._paddings()
+        half = self._paddings()[0]
         reach = (half + 2) // 2
         sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)  # half-resolution rows, cols
         first = 2 * reach - half  # the window upsample's row that is the first one needed
-        padded = F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1)
-        windows = _gather(padded, corners, 1, (cells[0] + 2 * reach, cells[1] + 2 * reach))
+        windows = self._coarse_windows(coarse, corners, cells)
         upsampled = F.interpolate(windows, scale_factor=2.0, mode="bilinear", align_corners=False)
-        height, width = src_bgr.shape[2] // 2, src_bgr.shape[3] // 2
-        source_half = F.interpolate(src_bgr, (height, width), mode="bilinear", align_corners=False)
-        source_half = F.pad(source_half, (half,) * 4).permute(0, 2, 3, 1)
         x = torch.cat(
             [
                 upsampled[:, :, first : first + sides[0], first : first + sides[1]],
@@ -137,12 +205,87 @@ class WindowRefiner(Refiner):
             ],
             dim=1,
         ).contiguous(memory_format=torch.channels_last)
+        height, width = source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half
         _zero_outside(x[:, : coarse.shape[1]], corners, sides, half, height, width)
+        return x
+
+    def _coarse_windows(self, coarse: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
+        """[P, C, r + 2 reach, c + 2 reach] channels-last quarter-resolution windows around the
+        cells, edges replicated: what the x2 upsample of the window's rows needs."""
+        reach = (self._paddings()[0] + 2) // 2
+        padded = F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1)
+        return _gather(padded, corners, 1, (cells[0] + 2 * reach, cells[1] + 2 * reach))
+
+    def _full_windows(self, src_bgr: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
+        """conv3's full-resolution source windows, zero outside the frame, channels last."""
+        full = self._paddings()[1]
         source = F.pad(src_bgr, (full,) * 4).permute(0, 2, 3, 1)
-        y = _gather(
-            source, corners, PATCH, (PATCH * cells[0] + 2 * full, PATCH * cells[1] + 2 * full)
-        )
-        return x, y.contiguous(memory_format=torch.channels_last)
+        sides = (PATCH * cells[0] + 2 * full, PATCH * cells[1] + 2 * full)
+        return _gather(source, corners, PATCH, sides).contiguous(memory_format=torch.channels_last)
+
+    def _source_half(self, src_bgr: Tensor) -> Tensor:
+        """[B, H/2 + 2 half, W/2 + 2 half, 6]: source and plate at half resolution, zero-padded
+        by the half-resolution context, channels last for `_gather`."""
+        height, width = src_bgr.shape[2] // 2, src_bgr.shape[3] // 2
+        source_half = F.interpolate(src_bgr, (height, width), mode="bilinear", align_corners=False)
+        return F.pad(source_half, (self._paddings()[0],) * 4).permute(0, 2, 3, 1)
+
+
+# Rows of a x2 bilinear upsample (align_corners=False) that a 3x3 kernel reads at an even (0) or
+# odd (1) output row, as weights of the three quarter-resolution rows under it.
+_UPSAMPLE_ROWS = (
+    ((0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),
+    ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75)),
+)
+
+
+def _phase_weights(weight: Tensor) -> Tensor:
+    """[4 O, I, 3, 3] kernels, one per output parity (row, column), that applied to a
+    quarter-resolution window give `weight` [O, I, 3, 3] applied to its x2 bilinear upsample;
+    channels ordered as `pixel_shuffle` reads them."""
+    rows = weight.new_tensor(_UPSAMPLE_ROWS)
+    phases = torch.einsum("oitu,sta,qub->osqiab", weight, rows, rows)
+    return phases.reshape(-1, *weight.shape[1:]).contiguous(memory_format=torch.channels_last)
+
+
+def _edge_windows(
+    corners: Index, sides: tuple[int, int], half: int, height: int, width: int
+) -> Tensor:
+    """Indices of the windows whose half-resolution rows 2y - half .. (and columns) reach past
+    a height x width half-resolution frame."""
+    top, left = 2 * corners[1] - half, 2 * corners[2] - half
+    edge = (top < 0) | (top + sides[0] > height) | (left < 0) | (left + sides[1] > width)
+    return torch.nonzero(edge).squeeze(1)
+
+
+def _edge_strips(corners: Index, cells: tuple[int, int], half: int, frame: tuple[int, int]):
+    """For each side of the frame that windows of `cells` at `corners` reach past: (the windows'
+    indices, the corners of their one-cell strips along that side, the strips' cells, where
+    the strips' conv1 rows and columns lie in the window's)."""
+    rows, cols = cells
+    band = 2 * half  # conv1 rows of a one-cell strip
+    top, left = 2 * corners[1] - half, 2 * corners[2] - half
+    sides = [
+        (top < 0, (0, 0), (1, cols), (slice(0, band), slice(None))),
+        (
+            top + 2 * rows + 2 * half > frame[0],
+            (rows - 1, 0),
+            (1, cols),
+            (slice(-band, None), slice(None)),
+        ),
+        (left < 0, (0, 0), (rows, 1), (slice(None), slice(0, band))),
+        (
+            left + 2 * cols + 2 * half > frame[1],
+            (0, cols - 1),
+            (rows, 1),
+            (slice(None), slice(-band, None)),
+        ),
+    ]
+    for reaches, (down, across), strip, where in sides:
+        picked = torch.nonzero(reaches).squeeze(1)
+        if picked.numel() > 0:
+            corner = (corners[0][picked], corners[1][picked] + down, corners[2][picked] + across)
+            yield picked, corner, strip, where
 
 
 def _gather(nhwc: Tensor, corners: Index, stride: int, size: tuple[int, int]) -> Tensor:
@@ -161,11 +304,10 @@ def _zero_outside(
     """Zero, in place, what of the windows x [P, C, h, w] at half-resolution rows 2y - half ..
     lies outside a height x width frame (the zero padding of the original); only windows on
     the frame's edge are touched."""
-    top, left = 2 * corners[1] - half, 2 * corners[2] - half
-    edge = (top < 0) | (top + sides[0] > height) | (left < 0) | (left + sides[1] > width)
-    picked = torch.nonzero(edge).squeeze(1)
+    picked = _edge_windows(corners, sides, half, height, width)
     if picked.numel() == 0:
         return
+    top, left = 2 * corners[1] - half, 2 * corners[2] - half
     rows = top[picked, None] + torch.arange(sides[0], device=x.device)
     cols = left[picked, None] + torch.arange(sides[1], device=x.device)
     row_ok = (rows >= 0) & (rows < height)

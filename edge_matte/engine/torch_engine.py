@@ -3,13 +3,15 @@
 CPU runs FP32, CUDA runs FP16. Frames of any size are padded (edge pixels repeated) to what the
 model accepts and cropped back, so callers never see the network's size rules. Input tensors
 are preallocated and reused while the frame size stays the same; outputs are fresh arrays
-(callers keep them across frames).
+(callers keep them across frames). A plate that is immutable (read-only and owning its pixels,
+as the plate keeper publishes it) is converted once and reused until another plate comes.
 """
 
 from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -70,6 +72,7 @@ class TorchEngine:
             raise EngineError(f"cannot move the model to {self.device}: {err}") from err
         self._src: Tensor | None = None
         self._bgr: Tensor | None = None
+        self._bgr_of: np.ndarray | None = None  # the immutable plate now in `_bgr`
         _LOG.info(
             "torch engine on %s (%s, %d threads, backbone_scale %s, refine %s)",
             self.device,
@@ -102,7 +105,9 @@ class TorchEngine:
         try:
             src, bgr = self._buffers(height, width)
             _load_rgb(src, image)
-            _load_rgb(bgr, plate)
+            if plate is not self._bgr_of:
+                _load_rgb(bgr, plate)
+                self._bgr_of = plate if _immutable(plate) else None
             pha, fgr = self.infer(src, bgr)
             alpha = pha[0, 0, :height, :width].float().contiguous().cpu().numpy()
             foreground = _to_bgr_uint8(fgr[0, :, :height, :width])
@@ -121,7 +126,7 @@ class TorchEngine:
 
     def close(self) -> None:
         """Release the model and buffers (and cached CUDA memory)."""
-        self.model = self._src = self._bgr = None
+        self.model = self._src = self._bgr = self._bgr_of = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -137,6 +142,7 @@ class TorchEngine:
             _LOG.debug("allocating %s input buffers for %dx%d frames", shape, width, height)
             self._src = torch.empty(shape, dtype=self.dtype, device=self.device)
             self._bgr = torch.empty(shape, dtype=self.dtype, device=self.device)
+            self._bgr_of = None
         return self._src, self._bgr
 
 
@@ -166,12 +172,18 @@ def check_images(image: np.ndarray, plate: np.ndarray) -> None:
         )
 
 
+def _immutable(array: np.ndarray) -> bool:
+    """Nobody can change these pixels: read-only and not a view of some other, writable array."""
+    return not array.flags.writeable and array.flags.owndata
+
+
 def _load_rgb(buffer: Tensor, image: np.ndarray) -> None:
     """Write a BGR uint8 image into a (1, 3, Hp, Wp) buffer as RGB 0..1, repeating edges into the padding."""
     height, width = image.shape[:2]
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(buffer.device, non_blocking=True)
+    rgb = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)  # one SIMD pass; a torch flip is a copy too
+    pixels = torch.from_numpy(rgb).to(buffer.device, non_blocking=True)
     region = buffer[0, :, :height, :width]
-    region.copy_(pixels.permute(2, 0, 1).flip(0))
+    region.copy_(pixels.permute(2, 0, 1))
     region.div_(255)
     buffer[0, :, height:, :width] = buffer[0, :, height - 1 : height, :width]
     buffer[0, :, :, width:] = buffer[0, :, :, width - 1 : width]
@@ -179,8 +191,8 @@ def _load_rgb(buffer: Tensor, image: np.ndarray) -> None:
 
 def _to_bgr_uint8(fgr: Tensor) -> np.ndarray:
     """(3, H, W) RGB 0..1 -> H x W x 3 BGR uint8 on the host."""
-    bgr = fgr.flip(0).float().mul_(255).round_().to(torch.uint8)
-    return bgr.permute(1, 2, 0).contiguous().cpu().numpy()
+    rgb = fgr.float().mul(255).round_().to(torch.uint8)
+    return rgb.permute(1, 2, 0).flip(2).contiguous().cpu().numpy()
 
 
 def _round_up(size: int) -> int:

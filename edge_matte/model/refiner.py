@@ -115,7 +115,11 @@ class Refiner(nn.Module):
             foreground residual, 4x4 per patch. The same code refines the whole image in "full"
             mode, with P = B and h, w the padded half-resolution size.
         """
-        x = self.relu(self.bn1(self.conv1(x)))
+        return self.convs_after_conv1(self.conv1(x), y)
+
+    def convs_after_conv1(self, x: Tensor, y: Tensor) -> Tensor:
+        """`convs` from conv1's output on, for a fast path that computes conv1 its own way."""
+        x = self.relu(self.bn1(x))
         x = self.relu(self.bn2(self.conv2(x)))
         # Exactly x2: the official code asks for size 8 (4) per patch and H + 4 (H) in full mode.
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")

@@ -1,0 +1,52 @@
+"""glibc malloc tuning of the daemon process: arenas capped, free memory given back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge_matte import memory
+
+# Each of 6 threads, all alive at once, allocates (and keeps) blocks through malloc; glibc gives
+# each new thread an arena of its own while under the cap. malloc_info lists one <heap> per arena.
+_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from edge_matte import memory
+print(memory.limit_arenas())
+kept = []
+together = threading.Barrier(6)
+def work():
+    kept.extend(bytearray(4000) for _ in range(100))
+    together.wait()  # all alive at once: no thread can take over an arena another left
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+memory.release_free_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.fdopen.restype = ctypes.c_void_p
+with tempfile.TemporaryFile() as out:
+    stream = libc.fdopen(os.dup(out.fileno()), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    out.seek(0)
+    print(out.read().decode().count("<heap nr="))
+"""
+
+
+def arenas(env: dict[str, str]) -> tuple[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", _ARENAS], capture_output=True, text=True, env=env, check=True
+    )
+    limited, heaps = result.stdout.split()
+    return limited, int(heaps)
+
+
+@pytest.mark.skipif(memory._libc() is None, reason="needs glibc")
+def test_arenas_are_capped_unless_the_environment_says_otherwise() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    assert arenas(env) == ("True", memory.ARENAS)
+    limited, heaps = arenas({**env, "MALLOC_ARENA_MAX": "8"})  # the operator's choice wins
+    assert limited == "False" and heaps > memory.ARENAS
