@@ -24,6 +24,7 @@ from .capture.opener import open_source
 from .capture.resilient import ResilientSource
 from .compose import Compositor, alpha_view, debug_view, no_signal
 from .config import ComposeConfig, Config
+from .engine.openmp import on_passing_thread
 from .engine.select import EngineChain
 from .errors import EdgeMatteError, EngineError, MediaError, SourceEnded, SourceError
 from .events import Emit, Event
@@ -66,7 +67,7 @@ class Pipeline:
         self.plate = PlateKeeper(
             config.plate, config.resolved_plate_path(), src.uri, emit, profile, fps=src.fps
         )
-        self.engine = EngineChain(config.matting, emit, profile)
+        self.engine = on_passing_thread(lambda: EngineChain(config.matting, emit, profile))
         self.compositor = _compositor(config, emit)
         self.stream = (
             RtspServer(config.stream, src.width, src.height, src.fps)
@@ -89,9 +90,8 @@ class Pipeline:
     def start(self) -> None:
         """Start the RTSP server and the three stage threads."""
         self.plate.restore(*self.size)
-        self.engine.prepare(
-            self.size[1], self.size[0]
-        )  # TensorRT builds here, extending systemd's timeout
+        # TensorRT builds here, extending systemd's timeout
+        on_passing_thread(lambda: self.engine.prepare(self.size[1], self.size[0]))
         if self.stream is not None:
             self.stream.start()
         for name, target in (

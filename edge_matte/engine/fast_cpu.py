@@ -1,13 +1,17 @@
 """The fast CPU path: the same FP32 model, less memory traffic per frame.
 
 What `optimize_for_cpu` changes, measured on 2 cores of an AMD EPYC (KVM) at 1280x720 with 5,000
-refined patches a frame (benchmarks/perf_bench.py; quiet machine, medians):
+refined patches a frame (`edge-matte bench`; quiet machine, medians):
 
 * The refiner's inputs come from windows (`WindowRefiner`): the official code resizes all 42
   refiner channels to half the frame's resolution, pads that and cuts the selected patches out
   of it; cutting small windows from the quarter-resolution output and interpolating only those
   gives the same values. Where the selected patches crowd their bounding box (a region crop, a
   small frame) the box is refined densely instead. Refiner 278 -> 171 ms.
+* conv1 folded over the x2 upsample (`WindowRefiner._phase_conv1`): conv1 reads the coarse
+  channels bilinearly upsampled from quarter to half resolution; both are linear, so four 3x3
+  "phase" kernels on the quarter-resolution window give the same values without the upsample
+  and the 42-channel concatenation. Refiner, 5,000 patches: about 100 ms less per frame.
 * BatchNorm folded into the convolutions (`model.fuse`): one pass per activation instead of
   two. About 2%: eval-mode BatchNorm is cheap next to the convolutions.
 * Channels-last weights and inputs: oneDNN's depthwise, 1x1 and small-patch convolutions run
@@ -16,12 +20,13 @@ refined patches a frame (benchmarks/perf_bench.py; quiet machine, medians):
   can produce tiny activations, and subnormal arithmetic is many times slower on x86; only
   values below 1.2e-38 change (to 0). Not measurable with random weights.
 * Optionally the base network in ONNX Runtime (`OrtBaseNetwork`), exported with dynamic height
-  and width (region crops vary); the refiner stays in torch. As fast as the torch base here
-  (275 vs 284 ms a frame), so it is an option, not the default.
+  and width (region crops vary); the refiner stays in torch. About as fast as the torch base
+  here, so it is an option, not the default.
 
-Whole model: 345 -> 232 ms (x1.48); whole engine call with frame conversion: 363 -> 284 ms
-(x1.28). bf16 is not used: it needs AVX512-BF16 or AMX to beat FP32 (this CPU has neither and
-would emulate it); the Jetson runs FP16 on its GPU instead.
+Whole engine call with frame conversion (`TorchEngine`, which also converts an unchanged plate
+only once): 429 -> 229 ms (x1.87) in one interleaved run; `edge-matte bench` measures it anew.
+bf16 is not used: it needs AVX512-BF16 or AMX to beat FP32 (this CPU has neither and would
+emulate it); the Jetson runs FP16 on its GPU instead.
 """
 
 from __future__ import annotations

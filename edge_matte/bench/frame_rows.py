@@ -1,0 +1,115 @@
+"""Frame rows: the matting stage's whole per-frame work when nobody is in view and when someone is,
+and the per-frame stages around the model.
+
+An idle frame (the frame matches the plate) skips the network: the plate check, plate upkeep and
+a copy of the background. An active frame adds the matte and the composite. Each row keeps its
+own PlateKeeper and gives every call a new frame index (the keeper caches per frame).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..capture.synthetic import SceneScript, SyntheticSource
+from ..compose import Compositor
+from ..config import ComposeConfig, PlateConfig
+from ..engine import MattingEngine
+from ..engine.region import RegionEngine
+from ..errors import EdgeMatteError
+from ..events import log_only
+from ..frames import Frame, Matte
+from ..plate import PlateKeeper
+from .measure import Spec
+from .scenes import Scene, coverage_scene
+
+
+def frame_specs(
+    baseline: MattingEngine,
+    fast: MattingEngine | None,
+    backbone_scale: float,
+    width: int,
+    height: int,
+) -> list[Spec]:
+    """Idle, active over the baseline, active over fast + region (when fast runs), the stages."""
+    empty, busy = coverage_scene(width, height, 0.0), coverage_scene(width, height, 0.25)
+    compositor = Compositor(ComposeConfig(), Path("/nonexistent"))  # a colour: no media needed
+    specs = [
+        _idle_spec(empty, compositor),
+        _active_spec(
+            "active frame, baseline (+ matte + composite)", baseline.matte, busy, compositor
+        ),
+    ]
+    if fast is not None:
+        region = RegionEngine(fast, backbone_scale)
+
+        def region_matte(image: np.ndarray, plate: np.ndarray) -> Matte:
+            region.reset()  # random weights put alpha everywhere: keep the region from the plate
+            return region.matte(image, plate)
+
+        specs.append(_active_spec("active frame, fast + region", region_matte, busy, compositor))
+    return specs + _stage_specs(busy, compositor)
+
+
+def _keeper(plate: np.ndarray) -> PlateKeeper:
+    keeper = PlateKeeper(PlateConfig(), None, "test://", log_only)
+    keeper.load_array(plate)
+    return keeper
+
+
+def _frames(image: np.ndarray) -> Callable[[], Frame]:
+    """`image` as a new frame on each call: the keeper caches its work per frame index."""
+    indices = itertools.count()
+    return lambda: Frame(image, next(indices), time.monotonic())
+
+
+def _idle_spec(scene: Scene, compositor: Compositor) -> Spec:
+    keeper, frames = _keeper(scene.plate), _frames(scene.image)
+    height, width = scene.alpha.shape
+
+    def idle() -> None:
+        frame = frames()
+        if not keeper.is_idle(frame):
+            raise EdgeMatteError("bench: the empty scene is not idle; the idle row would be wrong")
+        keeper.observe(frame, None)
+        compositor.background(width, height)
+
+    return Spec("idle frame (is_idle + observe + background)", "idle", idle)
+
+
+def _active_spec(
+    name: str,
+    matte_fn: Callable[[np.ndarray, np.ndarray], Matte],
+    scene: Scene,
+    compositor: Compositor,
+) -> Spec:
+    keeper, frames = _keeper(scene.plate), _frames(scene.image)
+
+    def active() -> None:
+        frame = frames()
+        keeper.is_idle(frame)
+        matte = matte_fn(scene.image, scene.plate)
+        keeper.observe(frame, matte)
+        compositor.composite(scene.image, matte)
+
+    return Spec(name, "active", active)
+
+
+def _stage_specs(scene: Scene, compositor: Compositor) -> list[Spec]:
+    """The stages around the model, each alone: capture render, plate upkeep, composite."""
+    height, width = scene.alpha.shape
+    source = SyntheticSource(
+        SceneScript(width=width, height=height, present_from_start=True), realtime=False
+    )
+    indices = itertools.count(40)
+    matte = Matte(scene.alpha, scene.image, "truth")
+    keeper, frames = _keeper(scene.plate), _frames(scene.image)
+    return [
+        Spec("stage test:// render", "stage", lambda: source.frame_at(next(indices))),
+        Spec("stage plate upkeep", "stage", lambda: keeper.observe(frames(), matte)),
+        Spec("stage composite replace", "stage", lambda: compositor.composite(scene.image, matte)),
+    ]

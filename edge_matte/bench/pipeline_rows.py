@@ -1,0 +1,236 @@
+"""Pipeline rows: the daemon's whole pipeline against its own engine alone, in the same run.
+
+For each size the daemon's `Pipeline` runs on `test://` with a subject always in view (every
+frame active, none idle) and a plate loaded from the start, serving RTSP to a real ffmpeg client
+(`-c copy`: it receives the stream without decoding, so it takes little of the CPU it shares).
+First the pipeline's own engine (an `EngineChain` of the same config: the default CPU engine,
+`torch-cpu+fast` with subject regions, or `torch-cuda` where CUDA is) mattes the same scene's
+frames alone: the model-only fps. The source then runs at 1.5x that rate, capped at 30 fps:
+fast enough that the matte stage never waits for a frame, not so fast that capture spends the
+CPU rendering frames the matte stage would drop anyway.
+
+The engine is built from the daemon's config, so it refines as the daemon does: unlike the
+model rows, sampling mode skips patches whose error is 0 (`refine_prevent_oversampling`, not a
+config setting), which with random weights leaves it fewer patches than the model rows refine.
+Compare a pipeline row with its own model-only figures, not with the model rows.
+
+The row's fps is frames published over the measuring window (telemetry's output counter);
+its median and p95 ms are the capture-to-publish latency of the last frames (telemetry keeps
+percentiles only, so no min); CPU % and peak RSS are the whole process's over the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..capture.synthetic import SyntheticSource, parse_uri
+from ..config import Config
+from ..engine.openmp import on_passing_thread
+from ..engine.select import EngineChain
+from ..errors import EdgeMatteError
+from ..events import log_only
+from ..frames import Frame
+from ..model.random_weights import random_model
+from ..pipeline import Pipeline
+from .measure import Row, Spec, cpu_seconds, measure, peak_rss_mb, reset_peak_rss
+from .options import Settings
+from .scenes import SIZES
+
+SCENE_URI = "test://?present_from_start=true&leave=false"  # one subject, always in view
+SOURCE_RATE = 1.5  # source fps over model-only fps
+MAX_SOURCE_FPS = 30.0
+WARMUP_S = 2.0  # after the client is served, before the window: region and plate settle
+STARTUP_S = 60.0  # longest wait for the first frame and the client
+
+
+@contextlib.contextmanager
+def pipeline_weights(weights: Path | None) -> Iterator[Path]:
+    """`weights`, or random weights written in the official key layout to a temporary file."""
+    if weights is not None:
+        yield weights
+        return
+    with tempfile.TemporaryDirectory(prefix="edge-matte-bench-") as scratch:
+        path = Path(scratch) / "random_mobilenetv2.pth"
+        on_passing_thread(lambda: torch.save(random_model(0).state_dict(), path))
+        yield path
+
+
+def pipeline_row(label: str, settings: Settings, weights: Path) -> Row:
+    """Model-only, then the whole pipeline, at size `label`."""
+    with tempfile.TemporaryDirectory(prefix="edge-matte-bench-") as state_dir:
+        config = _config(label, weights, settings.threads, Path(state_dir), MAX_SOURCE_FPS)
+        # Off the main thread, as the pipeline builds its engine: see engine/openmp.py.
+        model_only = on_passing_thread(lambda: _model_only(label, config, settings.repeats))
+        fps = min(MAX_SOURCE_FPS, max(1.0, round(SOURCE_RATE * model_only.fps, 1)))
+        config = _config(label, weights, settings.threads, Path(state_dir), fps)
+        print(
+            f"{label}: pipeline for {settings.pipeline_seconds:g} s, source {fps:g} fps "
+            f"({SOURCE_RATE:g}x model-only {model_only.fps:g} fps, at most {MAX_SOURCE_FPS:g})",
+            file=sys.stderr,
+        )
+        return _pipeline(label, config, settings.pipeline_seconds, model_only)
+
+
+def _config(label: str, weights: Path, threads: int, state_dir: Path, fps: float) -> Config:
+    width, height = SIZES[label]
+    return Config.model_validate(
+        {
+            "state_dir": state_dir,
+            "source": {"uri": SCENE_URI, "width": width, "height": height, "fps": fps},
+            "matting": {
+                "weights": weights,
+                "engine": "torch-cuda" if torch.cuda.is_available() else "torch-cpu",
+                "threads": threads,
+            },
+            "stream": {"port": _free_port(), "bind": "127.0.0.1"},
+        }
+    )
+
+
+def _frames(config: Config, count: int) -> list[Frame]:
+    src = config.source
+    source = SyntheticSource(parse_uri(src.uri, src.width, src.height, src.fps), realtime=False)
+    return [source.frame_at(index) for index in range(count)]
+
+
+def _model_only(label: str, config: Config, repeats: int) -> Row:
+    """The pipeline's engine alone on the scene's successive frames."""
+    frames = _frames(config, repeats + 2)
+    plate = frames[0].truth_background
+    chain = EngineChain(config.matting, log_only)
+    try:
+        chain.prepare(config.source.height, config.source.width)
+        cycle = itertools.cycle(frames)
+        spec = Spec(
+            f"model-only {chain.name}", "model-only", lambda: chain.matte(next(cycle).image, plate)
+        )
+        return measure(label, [spec], repeats)[0]
+    finally:
+        chain.close()
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """Counters at one instant of the measuring window."""
+
+    time: float
+    cpu_s: float
+    published: int
+    captured: int
+    capture_dropped: int
+
+    @classmethod
+    def take(cls, pipeline: Pipeline) -> _Sample:
+        stages = pipeline.telemetry()["stages"]
+        return cls(
+            time.monotonic(),
+            cpu_seconds(),
+            stages["output"]["out"],
+            stages["capture"]["out"],
+            stages["capture"]["dropped"],
+        )
+
+
+def _pipeline(label: str, config: Config, seconds: float, model_only: Row) -> Row:
+    pipeline = Pipeline(config, log_only, lambda stage: None)
+    pipeline.plate.load_array(_frames(config, 1)[0].truth_background)
+    pipeline.start()
+    client = _rtsp_client(f"rtsp://127.0.0.1:{config.stream.port}/composite")
+    try:
+        _wait_served(pipeline, client)
+        time.sleep(WARMUP_S)  # a benchmark's settling time, not synchronisation
+        reset_peak_rss()
+        before = _Sample.take(pipeline)
+        time.sleep(seconds)  # the measuring window
+        after = _Sample.take(pipeline)
+        telemetry = pipeline.telemetry()
+        peak = peak_rss_mb()
+    finally:
+        client.terminate()
+        client.wait(5)
+        pipeline.stop()
+    if pipeline.failed:
+        raise EdgeMatteError(f"bench: the pipeline failed: {pipeline.failed}")
+    return _row(label, config, before, after, telemetry, peak, model_only)
+
+
+def _wait_served(pipeline: Pipeline, client: subprocess.Popen) -> None:
+    """Until a frame was published and the RTSP client is connected; EdgeMatteError if not."""
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if pipeline.failed or client.poll() is not None:
+            break
+        if pipeline.first_output.is_set() and pipeline.telemetry()["rtsp_clients"] > 0:
+            return
+        time.sleep(0.05)
+    raise EdgeMatteError(
+        f"bench: pipeline not serving within {STARTUP_S:g} s (failed: {pipeline.failed}, "
+        f"ffmpeg exit code: {client.poll()})"
+    )
+
+
+def _row(
+    label: str,
+    config: Config,
+    before: _Sample,
+    after: _Sample,
+    telemetry: dict,
+    peak_mb: float,
+    model_only: Row,
+) -> Row:
+    elapsed = after.time - before.time
+    fps = (after.published - before.published) / elapsed
+    latency = telemetry["latency"]
+    if latency["p50_ms"] is None or fps == 0:
+        raise EdgeMatteError("bench: the pipeline published nothing in the measuring window")
+    matte = telemetry["stages"]["matte"]
+    return Row(
+        size=label,
+        row=f"pipeline {telemetry['engine']}",
+        kind="pipeline",
+        median_ms=latency["p50_ms"],
+        min_ms=None,
+        p95_ms=latency["p95_ms"],
+        fps=round(fps, 2),
+        cpu_percent=round(100.0 * (after.cpu_s - before.cpu_s) / elapsed, 1),
+        peak_rss_mb=peak_mb,
+        notes={
+            "source_fps": config.source.fps,
+            "model_only_fps": model_only.fps,
+            "model_only_median_ms": model_only.median_ms,
+            "model_only_p95_ms": model_only.p95_ms,
+            "fps_over_model_only": round(fps / model_only.fps, 2),
+            "matte_stage_ms_p50": matte["ms_p50"],
+            "matte_stage_ms_p95": matte["ms_p95"],
+            "captured": after.captured - before.captured,
+            "capture_dropped": after.capture_dropped - before.capture_dropped,
+            "rtsp_clients": telemetry["rtsp_clients"],
+        },
+    )
+
+
+def _rtsp_client(url: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", url]
+        + ["-c", "copy", "-f", "null", "-"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
