@@ -134,17 +134,12 @@ class WindowRefiner(Refiner):
         if convs != self.convs or self.kernel_size != 3:
             return convs(*self._window_inputs(src_bgr, source_half, coarse, corners, cells))
         return self.convs_after_conv1(
-            self._phase_conv1(src_bgr, source_half, coarse, corners, cells),
+            self._phase_conv1(source_half, coarse, corners, cells),
             self._full_windows(src_bgr, corners, cells),
         )
 
     def _phase_conv1(
-        self,
-        src_bgr: Tensor,
-        source_half: Tensor,
-        coarse: Tensor,
-        corners: Index,
-        cells: tuple[int, int],
+        self, source_half: Tensor, coarse: Tensor, corners: Index, cells: tuple[int, int]
     ) -> Tensor:
         """conv1 of the windows without upsampling their coarse channels first.
 
@@ -166,7 +161,7 @@ class WindowRefiner(Refiner):
         )
         hidden = F.pixel_shuffle(phases, 2)
         hidden += F.conv2d(_gather(source_half, corners, 2, sides), weight[:, channels:], bias)
-        frame = (src_bgr.shape[2] // 2, src_bgr.shape[3] // 2)
+        frame = (source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half)
         for picked, corner, strip, where in _edge_strips(corners, cells, half, frame):
             x = self._half_windows(source_half, coarse, corner, strip)
             hidden[(picked, slice(None), *where)] = self.conv1(x)
