@@ -16,6 +16,7 @@ from torch import nn
 
 from edge_matte.config import MattingConfig
 from edge_matte.engine.fast_cpu import (
+    _NEAREST_ROWS,
     FastCpuEngine,
     WindowRefiner,
     _phase_weights,
@@ -206,4 +207,16 @@ def test_phase_weights_fold_the_upsample_into_the_convolution():
     expected = nn.functional.conv2d(upsampled[:, :, 1:-1, 1:-1], weight)
     actual = nn.functional.pixel_shuffle(nn.functional.conv2d(window, _phase_weights(weight)), 2)
     assert actual.shape == expected.shape == (5, 24, 10, 14)
+    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
+def test_nearest_phase_weights_fold_the_upsample_into_the_convolution():
+    """conv3 over a x2 nearest upsample == four 2x2 phase convolutions of its input."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 16, 4, 6, generator=gen)
+    weight = torch.randn(12, 16, 3, 3, generator=gen)
+    expected = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2.0), weight)
+    phases = nn.functional.conv2d(x, _phase_weights(weight, _NEAREST_ROWS))
+    actual = nn.functional.pixel_shuffle(phases, 2)
+    assert actual.shape == expected.shape == (5, 12, 6, 10)
     assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()

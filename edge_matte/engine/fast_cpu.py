@@ -6,12 +6,15 @@ refined patches a frame (`edge-matte bench`; quiet machine, medians):
 * The refiner's inputs come from windows (`WindowRefiner`): the official code resizes all 42
   refiner channels to half the frame's resolution, pads that and cuts the selected patches out
   of it; cutting small windows from the quarter-resolution output and interpolating only those
-  gives the same values. Where the selected patches crowd their bounding box (a region crop, a
-  small frame) the box is refined densely instead. Refiner 278 -> 171 ms.
+  gives the same values. Refiner 278 -> 171 ms.
 * conv1 folded over the x2 upsample (`WindowRefiner._phase_conv1`): conv1 reads the coarse
   channels bilinearly upsampled from quarter to half resolution; both are linear, so four 3x3
   "phase" kernels on the quarter-resolution window give the same values without the upsample
   and the 42-channel concatenation. Refiner, 5,000 patches: about 100 ms less per frame.
+  conv3 reads conv2's activations nearest-upsampled x2; folded the same way (2x2 kernels), it
+  also skips that upsample and the 22-channel concatenation.
+* Where the selected patches crowd their box (a subject's region crop), conv1 and conv2 run
+  once over the box and conv3 and conv4, most of the work, only on the selected patches.
 * BatchNorm folded into the convolutions (`model.fuse`): one pass per activation instead of
   two. About 2%: eval-mode BatchNorm is cheap next to the convolutions.
 * Channels-last weights and inputs: oneDNN's depthwise, 1x1 and small-patch convolutions run
@@ -60,7 +63,8 @@ class WindowRefiner(Refiner):
 
     * per patch: one 1x1-cell window per patch (see `_window_inputs`);
     * dense: one window over the selected patches' bounding box, refined as a whole (as "full"
-      mode does), then the selected patches taken from it. A refined pixel depends only on the
+      mode does; with its own convolutions only conv1 and conv2, then conv3 and conv4 on the
+      selected patches), the selected patches taken from it. A refined pixel depends only on the
       inputs around it, so both give the same values; dense is cheaper once the selected patches
       fill more than 1 / DENSE_RATIO of their box (overlapping patches share most of their
       work), e.g. a subject's region crop or a small frame.
@@ -113,6 +117,8 @@ class WindowRefiner(Refiner):
         if coarse.shape[0] > 1 or rows * cols > self.DENSE_RATIO * idx[0].size(0):
             return self._refine_windows(src_bgr, coarse, idx, (1, 1), convs)
         corner = (idx[0][:1], idx[1].new_tensor([top]), idx[2].new_tensor([left]))
+        if self._folds_conv1(convs):
+            return self._refine_in_box(src_bgr, coarse, idx, corner, (rows, cols))
         dense = self._refine_windows(src_bgr, coarse, corner, (rows, cols), convs)
         blocks = dense.reshape(4, rows, PATCH, cols, PATCH).permute(1, 3, 0, 2, 4)
         return blocks[idx[1] - top, idx[2] - left]
@@ -131,11 +137,46 @@ class WindowRefiner(Refiner):
         conv1 (`_phase_conv1`); any other `convs` (a static engine) gets the windows as they are.
         """
         source_half = self._source_half(src_bgr)
-        if convs != self.convs or self.kernel_size != 3:
+        if not self._folds_conv1(convs):
             return convs(*self._window_inputs(src_bgr, source_half, coarse, corners, cells))
-        return self.convs_after_conv1(
-            self._phase_conv1(source_half, coarse, corners, cells),
-            self._full_windows(src_bgr, corners, cells),
+        hidden = self.after_conv1(self._phase_conv1(source_half, coarse, corners, cells))
+        return self._full_resolution(hidden, self._full_windows(src_bgr, corners, cells))
+
+    def _full_resolution(self, x: Tensor, y: Tensor) -> Tensor:
+        """`full_resolution` with its nearest x2 upsample folded into conv3, as `_phase_conv1`
+        folds the bilinear one into conv1: each output parity is a 2x2 convolution of x."""
+        channels = x.shape[1]
+        weight, bias = self.conv3.weight, self.conv3.bias
+        phases = F.conv2d(x, _phase_weights(weight[:, :channels], _NEAREST_ROWS))
+        out = F.pixel_shuffle(phases, 2)
+        out += F.conv2d(y, weight[:, channels:], bias)
+        return self.conv4(self.relu(self.bn3(out)))
+
+    def _folds_conv1(self, convs: ConvsFn) -> bool:
+        """Whether `convs` is this refiner's own kernel-3 stack, which `_phase_conv1` can split."""
+        return convs == self.convs and self.kernel_size == 3
+
+    def _refine_in_box(
+        self,
+        src_bgr: Tensor,
+        coarse: Tensor,
+        idx: Index,
+        corner: Index,
+        cells: tuple[int, int],
+    ) -> Tensor:
+        """[P, 4, 4, 4] for patches crowding the box of `cells` at `corner`: conv1 and conv2 run
+        once over the box at half resolution, where neighbouring patches share most of their
+        inputs; conv3 and conv4 at full resolution, most of the work, only on the selected
+        patches' windows of conv2's output (4x4 at 2 x the patch's offset in the box)."""
+        hidden = self.after_conv1(
+            self._phase_conv1(self._source_half(src_bgr), coarse, corner, cells)
+        )
+        offsets = (idx[0], idx[1] - corner[1], idx[2] - corner[2])
+        side = self.patch_shapes[0][1] - 4  # a patch's x window after two valid 3x3 convolutions
+        windows = _gather(hidden.permute(0, 2, 3, 1), offsets, 2, (side, side))
+        return self._full_resolution(
+            windows.contiguous(memory_format=torch.channels_last),
+            self._full_windows(src_bgr, idx, (1, 1)),
         )
 
     def _phase_conv1(
@@ -231,21 +272,25 @@ class WindowRefiner(Refiner):
         return F.pad(source_half, (self._paddings()[0],) * 4).permute(0, 2, 3, 1)
 
 
-# Rows of a x2 bilinear upsample (align_corners=False) that a 3x3 kernel reads at an even (0) or
-# odd (1) output row, as weights of the three quarter-resolution rows under it.
+# What a 3x3 kernel reads of a x2 upsample at an even (0) or odd (1) output row: for each of its
+# three taps, the weights of the input rows under it (three for bilinear with
+# align_corners=False, two for nearest).
 _UPSAMPLE_ROWS = (
     ((0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),
     ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75)),
 )
+_NEAREST_ROWS = (((1.0, 0.0), (1.0, 0.0), (0.0, 1.0)), ((1.0, 0.0), (0.0, 1.0), (0.0, 1.0)))
 
 
-def _phase_weights(weight: Tensor) -> Tensor:
-    """[4 O, I, 3, 3] kernels, one per output parity (row, column), that applied to a
-    quarter-resolution window give `weight` [O, I, 3, 3] applied to its x2 bilinear upsample;
-    channels ordered as `pixel_shuffle` reads them."""
-    rows = weight.new_tensor(_UPSAMPLE_ROWS)
-    phases = torch.einsum("oitu,sta,qub->osqiab", weight, rows, rows)
-    return phases.reshape(-1, *weight.shape[1:]).contiguous(memory_format=torch.channels_last)
+def _phase_weights(weight: Tensor, rows: tuple = _UPSAMPLE_ROWS) -> Tensor:
+    """[4 O, I, k, k] kernels, one per output parity (row, column), that applied to the input
+    give `weight` [O, I, 3, 3] applied to its x2 upsample (`rows`: see above; k = 3 for
+    bilinear, 2 for nearest); channels ordered as `pixel_shuffle` reads them."""
+    taps = weight.new_tensor(rows)
+    phases = torch.einsum("oitu,sta,qub->osqiab", weight, taps, taps)
+    return phases.reshape(-1, weight.shape[1], *taps.shape[2:] * 2).contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 def _edge_windows(

@@ -115,12 +115,18 @@ class Refiner(nn.Module):
             foreground residual, 4x4 per patch. The same code refines the whole image in "full"
             mode, with P = B and h, w the padded half-resolution size.
         """
-        return self.convs_after_conv1(self.conv1(x), y)
+        return self.full_resolution(self.after_conv1(self.conv1(x)), y)
 
-    def convs_after_conv1(self, x: Tensor, y: Tensor) -> Tensor:
-        """`convs` from conv1's output on, for a fast path that computes conv1 its own way."""
+    # `convs` in two parts, for a fast path that computes conv1, or the half-resolution part,
+    # its own way.
+
+    def after_conv1(self, x: Tensor) -> Tensor:
+        """conv1's output -> conv2's activations: the half-resolution rest of `convs`."""
         x = self.relu(self.bn1(x))
-        x = self.relu(self.bn2(self.conv2(x)))
+        return self.relu(self.bn2(self.conv2(x)))
+
+    def full_resolution(self, x: Tensor, y: Tensor) -> Tensor:
+        """conv2's activations and the full-resolution source y -> `convs`' output."""
         # Exactly x2: the official code asks for size 8 (4) per patch and H + 4 (H) in full mode.
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.relu(self.bn3(self.conv3(torch.cat([x, y], dim=1))))
