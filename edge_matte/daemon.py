@@ -147,8 +147,12 @@ class Daemon:
 
     def _supervise(self) -> int:
         next_trim = time.monotonic() + TRIM_INTERVAL_S
+        watched = False
         while not self._stop.wait(0.5):
-            if time.monotonic() >= next_trim:
+            # Trim once a minute, and when the last viewer has gone (its media's buffers freed);
+            # here, not on the RTSP server's thread, where a slow trim would stall every client.
+            was_watched, watched = watched, self._viewers() > 0
+            if time.monotonic() >= next_trim or (was_watched and not watched):
                 memory.release_free_memory()
                 next_trim = time.monotonic() + TRIM_INTERVAL_S
             if self.pipeline.failed:
@@ -160,6 +164,10 @@ class Daemon:
                 self._reload.clear()
                 self._reload_file()
         return 0
+
+    def _viewers(self) -> int:
+        stream = self.pipeline.stream
+        return stream.client_count() if stream is not None else 0
 
     def _reload_file(self) -> None:
         """SIGHUP: re-read the config file and apply it (not re-persisted)."""

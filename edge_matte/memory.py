@@ -6,7 +6,8 @@ concurrently an arena of its own: up to 8 per core. Memory freed into an arena s
 RSS climbs in steps for as long as new threads meet new arenas, which reads like a leak in a
 soak (a 720p soak: +40 MB over the first 5 min; +12% over 30 min with 666 viewer sessions).
 Two arenas are plenty for a handful of busy threads, and a trim after the work that frees the
-most (a viewer leaving) or once a minute gives the rest back.
+most (the last viewer leaving) or once a minute gives the rest back (the daemon's supervisor
+calls it: a trim can take a while on a big heap, and must not stall a serving thread).
 """
 
 from __future__ import annotations

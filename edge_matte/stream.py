@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from . import memory
 from .config import StreamConfig
 from .errors import EdgeMatteError, MediaError
 
@@ -212,10 +211,7 @@ class RtspServer:
     def _on_client_closed(self, client: Any) -> None:
         with self._lock:
             self._clients.discard(client)
-            last = not self._clients
         self._sessionless.pop(client, None)
-        if last:  # the media and its buffers are being freed: give the memory back
-            memory.release_free_memory()
 
     def _on_new_session(self, _client: Any, session: Any) -> None:
         session.set_timeout(_SESSION_TIMEOUT_S)  # announced to the client, which keeps it alive
