@@ -114,8 +114,11 @@ class Daemon:
     def _sweep_leftovers(self) -> None:
         """Remove temp files of writes cut short by a kill -9 (the old files are intact)."""
         plate = self._config.resolved_plate_path()
-        for path in (self._config_path, plate, plate_store.sidecar(plate)):
-            for leftover in atomic.sweep_leftovers(path) if path is not None else []:
+        written = [plate, plate_store.sidecar(plate)]
+        if self._config_path is not None:
+            written.append(self._config_path)
+        for path in written:
+            for leftover in atomic.sweep_leftovers(path):
                 _LOG.warning("removed %s, left by a write that was interrupted", leftover)
 
     def _reapply_camera_controls(self) -> None:

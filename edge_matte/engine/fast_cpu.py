@@ -114,19 +114,20 @@ class WindowRefiner(Refiner):
         """[P, 4, 4, 4] refined alpha and foreground residual of the patches at `idx`."""
         top, left = int(idx[1].min()), int(idx[2].min())
         rows, cols = int(idx[1].max()) - top + 1, int(idx[2].max()) - left + 1
+        padded = self._pad_coarse(coarse)  # once a frame: every window is cut from it
         if coarse.shape[0] > 1 or rows * cols > self.DENSE_RATIO * idx[0].size(0):
-            return self._refine_windows(src_bgr, coarse, idx, (1, 1), convs)
+            return self._refine_windows(src_bgr, padded, idx, (1, 1), convs)
         corner = (idx[0][:1], idx[1].new_tensor([top]), idx[2].new_tensor([left]))
         if self._folds_conv1(convs):
-            return self._refine_in_box(src_bgr, coarse, idx, corner, (rows, cols))
-        dense = self._refine_windows(src_bgr, coarse, corner, (rows, cols), convs)
+            return self._refine_in_box(src_bgr, padded, idx, corner, (rows, cols))
+        dense = self._refine_windows(src_bgr, padded, corner, (rows, cols), convs)
         blocks = dense.reshape(4, rows, PATCH, cols, PATCH).permute(1, 3, 0, 2, 4)
         return blocks[idx[1] - top, idx[2] - left]
 
     def _refine_windows(
         self,
         src_bgr: Tensor,
-        coarse: Tensor,
+        padded: Tensor,
         corners: Index,
         cells: tuple[int, int],
         convs: ConvsFn,
@@ -138,8 +139,8 @@ class WindowRefiner(Refiner):
         """
         source_half = self._source_half(src_bgr)
         if not self._folds_conv1(convs):
-            return convs(*self._window_inputs(src_bgr, source_half, coarse, corners, cells))
-        hidden = self.after_conv1(self._phase_conv1(source_half, coarse, corners, cells))
+            return convs(*self._window_inputs(src_bgr, source_half, padded, corners, cells))
+        hidden = self.after_conv1(self._phase_conv1(source_half, padded, corners, cells))
         return self._full_resolution(hidden, self._full_windows(src_bgr, corners, cells))
 
     def _full_resolution(self, x: Tensor, y: Tensor) -> Tensor:
@@ -159,7 +160,7 @@ class WindowRefiner(Refiner):
     def _refine_in_box(
         self,
         src_bgr: Tensor,
-        coarse: Tensor,
+        padded: Tensor,
         idx: Index,
         corner: Index,
         cells: tuple[int, int],
@@ -169,7 +170,7 @@ class WindowRefiner(Refiner):
         inputs; conv3 and conv4 at full resolution, most of the work, only on the selected
         patches' windows of conv2's output (4x4 at 2 x the patch's offset in the box)."""
         hidden = self.after_conv1(
-            self._phase_conv1(self._source_half(src_bgr), coarse, corner, cells)
+            self._phase_conv1(self._source_half(src_bgr), padded, corner, cells)
         )
         offsets = (idx[0], idx[1] - corner[1], idx[2] - corner[2])
         side = self.patch_shapes[0][1] - 4  # a patch's x window after two valid 3x3 convolutions
@@ -180,7 +181,7 @@ class WindowRefiner(Refiner):
         )
 
     def _phase_conv1(
-        self, source_half: Tensor, coarse: Tensor, corners: Index, cells: tuple[int, int]
+        self, source_half: Tensor, padded: Tensor, corners: Index, cells: tuple[int, int]
     ) -> Tensor:
         """conv1 of the windows without upsampling their coarse channels first.
 
@@ -193,18 +194,18 @@ class WindowRefiner(Refiner):
         original way (its conv1 rows are the window's outermost ones, which cover every row that
         sees the outside).
         """
-        channels = coarse.shape[1]
+        channels = padded.shape[3]
         half = self._paddings()[0]
         sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)
         weight, bias = self.conv1.weight, self.conv1.bias
         phases = F.conv2d(
-            self._coarse_windows(coarse, corners, cells), _phase_weights(weight[:, :channels])
+            self._coarse_windows(padded, corners, cells), _phase_weights(weight[:, :channels])
         )
         hidden = F.pixel_shuffle(phases, 2)
         hidden += F.conv2d(_gather(source_half, corners, 2, sides), weight[:, channels:], bias)
         frame = (source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half)
         for picked, corner, strip, where in _edge_strips(corners, cells, half, frame):
-            x = self._half_windows(source_half, coarse, corner, strip)
+            x = self._half_windows(source_half, padded, corner, strip)
             hidden[(picked, slice(None), *where)] = self.conv1(x)
         return hidden
 
@@ -212,16 +213,16 @@ class WindowRefiner(Refiner):
         self,
         src_bgr: Tensor,
         source_half: Tensor,
-        coarse: Tensor,
+        padded: Tensor,
         corners: Index,
         cells: tuple[int, int],
     ) -> tuple[Tensor, Tensor]:
         """`convs`' inputs (x, y) for windows of `cells` quarter-resolution cells at `corners`."""
-        x = self._half_windows(source_half, coarse, corners, cells)
+        x = self._half_windows(source_half, padded, corners, cells)
         return x, self._full_windows(src_bgr, corners, cells)
 
     def _half_windows(
-        self, source_half: Tensor, coarse: Tensor, corners: Index, cells: tuple[int, int]
+        self, source_half: Tensor, padded: Tensor, corners: Index, cells: tuple[int, int]
     ) -> Tensor:
         """conv1's input x for windows of `cells` quarter-resolution cells at `corners`.
 
@@ -237,7 +238,7 @@ class WindowRefiner(Refiner):
         reach = (half + 2) // 2
         sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)  # half-resolution rows, cols
         first = 2 * reach - half  # the window upsample's row that is the first one needed
-        windows = self._coarse_windows(coarse, corners, cells)
+        windows = self._coarse_windows(padded, corners, cells)
         upsampled = F.interpolate(windows, scale_factor=2.0, mode="bilinear", align_corners=False)
         x = torch.cat(
             [
@@ -247,14 +248,19 @@ class WindowRefiner(Refiner):
             dim=1,
         ).contiguous(memory_format=torch.channels_last)
         height, width = source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half
-        _zero_outside(x[:, : coarse.shape[1]], corners, sides, half, height, width)
+        _zero_outside(x[:, : padded.shape[3]], corners, sides, half, height, width)
         return x
 
-    def _coarse_windows(self, coarse: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
-        """[P, C, r + 2 reach, c + 2 reach] channels-last quarter-resolution windows around the
-        cells, edges replicated: what the x2 upsample of the window's rows needs."""
+    def _pad_coarse(self, coarse: Tensor) -> Tensor:
+        """The quarter-resolution coarse output [B, C, h, w] as [B, h + 2 reach, w + 2 reach, C],
+        edges replicated (as interpolate clamps): what every window's coarse part is cut from."""
         reach = (self._paddings()[0] + 2) // 2
-        padded = F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1)
+        return F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1)
+
+    def _coarse_windows(self, padded: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
+        """[P, C, r + 2 reach, c + 2 reach] channels-last quarter-resolution windows around the
+        cells (from `_pad_coarse`): what the x2 upsample of the window's rows needs."""
+        reach = (self._paddings()[0] + 2) // 2
         return _gather(padded, corners, 1, (cells[0] + 2 * reach, cells[1] + 2 * reach))
 
     def _full_windows(self, src_bgr: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:

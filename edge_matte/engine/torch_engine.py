@@ -180,9 +180,8 @@ def _immutable(array: np.ndarray) -> bool:
 def _load_rgb(buffer: Tensor, image: np.ndarray) -> None:
     """Write a BGR uint8 image into a (1, 3, Hp, Wp) buffer as RGB 0..1, repeating edges into the padding."""
     height, width = image.shape[:2]
-    rgb = cv2.cvtColor(
-        np.ascontiguousarray(image), cv2.COLOR_BGR2RGB
-    )  # one SIMD pass; a torch flip is a copy too
+    # One SIMD pass on the host; a torch flip would be a full copy too.
+    rgb = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2RGB)
     pixels = torch.from_numpy(rgb).to(buffer.device, non_blocking=True)
     region = buffer[0, :, :height, :width]
     region.copy_(pixels.permute(2, 0, 1))
