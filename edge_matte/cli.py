@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import memory
     from .daemon import Daemon
 
-    memory.limit_arenas()  # before any thread starts
+    memory.tune_malloc()  # before any thread starts
     cfg = config_mod.load(args.config)
     logging.getLogger().setLevel(cfg.log_level)
     daemon = Daemon(cfg, args.config)
@@ -55,8 +55,10 @@ def _plate_build(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from . import memory
     from .bench import bench_command
 
+    memory.tune_malloc()  # as the daemon runs
     return bench_command(args)
 
 

@@ -19,7 +19,10 @@ from edge_matte.engine.fast_cpu import (
     _NEAREST_ROWS,
     FastCpuEngine,
     WindowRefiner,
+    _depth_to_space,
     _phase_weights,
+    _space_to_depth,
+    _space_to_depth_weights,
     channels_last_base,
     optimize_for_cpu,
 )
@@ -205,7 +208,7 @@ def test_phase_weights_fold_the_upsample_into_the_convolution():
     weight = torch.randn(24, 36, 3, 3, generator=gen)
     upsampled = nn.functional.interpolate(window, scale_factor=2.0, mode="bilinear")
     expected = nn.functional.conv2d(upsampled[:, :, 1:-1, 1:-1], weight)
-    actual = nn.functional.pixel_shuffle(nn.functional.conv2d(window, _phase_weights(weight)), 2)
+    actual = _depth_to_space(nn.functional.conv2d(window, _phase_weights(weight)), 24)
     assert actual.shape == expected.shape == (5, 24, 10, 14)
     assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
 
@@ -216,7 +219,27 @@ def test_nearest_phase_weights_fold_the_upsample_into_the_convolution():
     x = torch.randn(5, 16, 4, 6, generator=gen)
     weight = torch.randn(12, 16, 3, 3, generator=gen)
     expected = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2.0), weight)
-    phases = nn.functional.conv2d(x, _phase_weights(weight, _NEAREST_ROWS))
-    actual = nn.functional.pixel_shuffle(phases, 2)
+    actual = _depth_to_space(nn.functional.conv2d(x, _phase_weights(weight, _NEAREST_ROWS)), 12)
     assert actual.shape == expected.shape == (5, 12, 6, 10)
     assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
+def test_space_to_depth_weights_give_the_full_resolution_convolution():
+    """A valid 3x3 convolution == 2x2 phase convolutions of the input's space-to-depth."""
+    gen = torch.Generator().manual_seed(9)
+    y = torch.randn(5, 6, 8, 12, generator=gen)
+    weight = torch.randn(12, 6, 3, 3, generator=gen)
+    expected = nn.functional.conv2d(y, weight)
+    depth = _space_to_depth(y).permute(0, 3, 1, 2)
+    phases = nn.functional.conv2d(depth, _space_to_depth_weights(weight))
+    actual = _depth_to_space(phases, 12)
+    assert actual.shape == expected.shape == (5, 12, 6, 10)
+    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
+def test_depth_to_space_inverts_space_to_depth():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    depth = _space_to_depth(x)
+    assert depth.shape == (2, 2, 3, 12)
+    assert depth[0, 0, 0].tolist() == [0, 24, 48, 1, 25, 49, 6, 30, 54, 7, 31, 55]
+    assert torch.equal(_depth_to_space(depth.permute(0, 3, 1, 2), 3), x)

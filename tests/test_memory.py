@@ -50,3 +50,47 @@ def test_arenas_are_capped_unless_the_environment_says_otherwise() -> None:
     assert arenas(env) == ("True", memory.ARENAS)
     limited, heaps = arenas({**env, "MALLOC_ARENA_MAX": "8"})  # the operator's choice wins
     assert limited == "False" and heaps > memory.ARENAS
+
+
+# Allocates, touches and frees a 40 MB block ten times (above glibc's largest automatic mmap
+# threshold, so by default each comes from mmap as fresh pages) and counts the page faults.
+# (malloc itself: numpy would ask for huge pages, which fault 512 times less often.)
+_REUSE = """
+import ctypes, resource, sys
+from edge_matte import memory
+print(memory.keep_freed_memory() if sys.argv[1] == "tune" else "untuned")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def block():
+    address = libc.malloc(40_000_000)
+    ctypes.memset(address, 1, 40_000_000)
+    libc.free(address)
+block()  # the first block's pages come from the kernel either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    block()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+_PAGES_PER_BLOCK = 40_000_000 // 4096
+
+
+def faults(mode: str, env: dict[str, str]) -> tuple[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, env=env, check=True
+    )
+    tuned, count = result.stdout.split()
+    return tuned, int(count)
+
+
+@pytest.mark.skipif(memory._libc() is None, reason="needs glibc")
+def test_freed_frame_buffers_are_reused_instead_of_faulted_in_again() -> None:
+    env = {key: value for key, value in os.environ.items() if "MALLOC" not in key}
+    env.pop("GLIBC_TUNABLES", None)
+    tuned, count = faults("untuned", env)
+    assert count > 5 * _PAGES_PER_BLOCK  # fresh pages every time
+    tuned, count = faults("tune", env)
+    assert tuned == "True" and count < _PAGES_PER_BLOCK // 4
+    # The operator's thresholds win.
+    tuned, count = faults("tune", {**env, "MALLOC_MMAP_THRESHOLD_": "131072"})
+    assert tuned == "False" and count > 5 * _PAGES_PER_BLOCK

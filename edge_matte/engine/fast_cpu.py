@@ -38,9 +38,10 @@ import copy
 import io
 import logging
 import warnings
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import MattingConfig
@@ -79,7 +80,9 @@ class WindowRefiner(Refiner):
 
     @classmethod
     def like(cls, refiner: Refiner) -> WindowRefiner:
-        """A WindowRefiner with `refiner`'s settings and (copied) parameters."""
+        """A WindowRefiner with `refiner`'s settings and (copied) parameters, for inference:
+        in eval mode, BatchNorm folded (`_full_resolution` convolves per output parity, which
+        needs each channel's affine map inside the convolution)."""
         new = cls(
             refiner.mode,
             refiner.sample_pixels,
@@ -88,9 +91,9 @@ class WindowRefiner(Refiner):
             refiner.prevent_oversampling,
         )
         new.load_state_dict(refiner.state_dict())
-        return new.to(refiner.conv1.weight.device, refiner.conv1.weight.dtype).train(
-            refiner.training
-        )
+        new = new.to(refiner.conv1.weight.device, refiner.conv1.weight.dtype).eval()
+        fold_batchnorm(new)
+        return new
 
     def _refine_patches(self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn):
         h, w = src_bgr.shape[2:]
@@ -114,168 +117,165 @@ class WindowRefiner(Refiner):
         """[P, 4, 4, 4] refined alpha and foreground residual of the patches at `idx`."""
         top, left = int(idx[1].min()), int(idx[2].min())
         rows, cols = int(idx[1].max()) - top + 1, int(idx[2].max()) - left + 1
-        padded = self._pad_coarse(coarse)  # once a frame: every window is cut from it
+        frame = self._frame_sources(src_bgr, coarse, convs)  # once a frame: windows come from it
         if coarse.shape[0] > 1 or rows * cols > self.DENSE_RATIO * idx[0].size(0):
-            return self._refine_windows(src_bgr, padded, idx, (1, 1), convs)
+            return self._refine_windows(frame, idx, (1, 1), convs)
         corner = (idx[0][:1], idx[1].new_tensor([top]), idx[2].new_tensor([left]))
-        if self._folds_conv1(convs):
-            return self._refine_in_box(src_bgr, padded, idx, corner, (rows, cols))
-        dense = self._refine_windows(src_bgr, padded, corner, (rows, cols), convs)
+        if self._folds(convs):
+            return self._refine_in_box(frame, idx, corner, (rows, cols))
+        dense = self._refine_windows(frame, corner, (rows, cols), convs)
         blocks = dense.reshape(4, rows, PATCH, cols, PATCH).permute(1, 3, 0, 2, 4)
         return blocks[idx[1] - top, idx[2] - left]
 
+    def _frame_sources(self, src_bgr: Tensor, coarse: Tensor, convs: ConvsFn) -> _Sources:
+        """What this frame's windows are cut from (see `_Sources`)."""
+        return _Sources(
+            self._pad_coarse(coarse),
+            _pad_nhwc(_halved(src_bgr), self._paddings()[0]),
+            _pad_nhwc(src_bgr, self._paddings()[1]),
+            self._folds(convs),
+        )
+
     def _refine_windows(
-        self,
-        src_bgr: Tensor,
-        padded: Tensor,
-        corners: Index,
-        cells: tuple[int, int],
-        convs: ConvsFn,
+        self, frame: _Sources, corners: Index, cells: tuple[int, int], convs: ConvsFn
     ) -> Tensor:
         """`convs` on windows of `cells` quarter-resolution cells at `corners`.
 
-        With its own kernel-3 convolutions the upsampling of the coarse channels is folded into
-        conv1 (`_phase_conv1`); any other `convs` (a static engine) gets the windows as they are.
+        With its own kernel-3 convolutions the upsamplings are folded into conv1 and conv3
+        (`_phase_conv1`, `_full_resolution`); any other `convs` (a static engine) gets the
+        windows as they are.
         """
-        source_half = self._source_half(src_bgr)
-        if not self._folds_conv1(convs):
-            return convs(*self._window_inputs(src_bgr, source_half, padded, corners, cells))
-        hidden = self.after_conv1(self._phase_conv1(source_half, padded, corners, cells))
-        return self._full_resolution(hidden, self._full_windows(src_bgr, corners, cells))
+        if not frame.folded:
+            return convs(*self._window_inputs(frame, corners, cells))
+        hidden = self.after_conv1(self._phase_conv1(frame, corners, cells))
+        return self._full_resolution(hidden, self._full_windows(frame, corners, cells))
 
     def _full_resolution(self, x: Tensor, y: Tensor) -> Tensor:
-        """`full_resolution` with its nearest x2 upsample folded into conv3, as `_phase_conv1`
-        folds the bilinear one into conv1: each output parity is a 2x2 convolution of x."""
-        channels = x.shape[1]
-        weight, bias = self.conv3.weight, self.conv3.bias
-        phases = F.conv2d(x, _phase_weights(weight[:, :channels], _NEAREST_ROWS))
-        out = F.pixel_shuffle(phases, 2)
-        out += F.conv2d(y, weight[:, channels:], bias)
-        return self.conv4(self.relu(self.bn3(out)))
+        """`full_resolution` as 2x2 convolutions per output parity, nothing upsampled.
 
-    def _folds_conv1(self, convs: ConvsFn) -> bool:
+        conv3 reads x nearest-upsampled x2 (folded as `_phase_conv1` folds conv1's bilinear
+        one) and the full-resolution source, here as the windows' space-to-depth y: one
+        convolution of both gives conv3's output as four parity planes at half resolution.
+        conv4 reads those planes the same way (`_space_to_depth_weights`), so only its 4-channel
+        output is interleaved back to full resolution. (bn3 is folded into conv3: see `like`.)
+        """
+        channels = x.shape[1]
+        conv3 = self.conv3.weight
+        kernels = torch.cat(
+            [
+                _phase_weights(conv3[:, :channels], _NEAREST_ROWS),
+                _space_to_depth_weights(conv3[:, channels:]),
+            ],
+            dim=1,
+        )
+        hidden = self.relu(F.conv2d(torch.cat([x, y], dim=1), kernels, _per_parity(self.conv3)))
+        out = F.conv2d(hidden, _space_to_depth_weights(self.conv4.weight), _per_parity(self.conv4))
+        return _depth_to_space(out, self.conv4.out_channels)
+
+    def _folds(self, convs: ConvsFn) -> bool:
         """Whether `convs` is this refiner's own kernel-3 stack, which `_phase_conv1` can split."""
         return convs == self.convs and self.kernel_size == 3
 
     def _refine_in_box(
-        self,
-        src_bgr: Tensor,
-        padded: Tensor,
-        idx: Index,
-        corner: Index,
-        cells: tuple[int, int],
+        self, frame: _Sources, idx: Index, corner: Index, cells: tuple[int, int]
     ) -> Tensor:
         """[P, 4, 4, 4] for patches crowding the box of `cells` at `corner`: conv1 and conv2 run
         once over the box at half resolution, where neighbouring patches share most of their
         inputs; conv3 and conv4 at full resolution, most of the work, only on the selected
         patches' windows of conv2's output (4x4 at 2 x the patch's offset in the box)."""
-        hidden = self.after_conv1(
-            self._phase_conv1(self._source_half(src_bgr), padded, corner, cells)
-        )
+        hidden = self.after_conv1(self._phase_conv1(frame, corner, cells))
         offsets = (idx[0], idx[1] - corner[1], idx[2] - corner[2])
         side = self.patch_shapes[0][1] - 4  # a patch's x window after two valid 3x3 convolutions
         windows = _gather(hidden.permute(0, 2, 3, 1), offsets, 2, (side, side))
-        return self._full_resolution(
-            windows.contiguous(memory_format=torch.channels_last),
-            self._full_windows(src_bgr, idx, (1, 1)),
-        )
+        return self._full_resolution(windows, self._full_windows(frame, idx, (1, 1)))
 
-    def _phase_conv1(
-        self, source_half: Tensor, padded: Tensor, corners: Index, cells: tuple[int, int]
-    ) -> Tensor:
+    def _phase_conv1(self, frame: _Sources, corners: Index, cells: tuple[int, int]) -> Tensor:
         """conv1 of the windows without upsampling their coarse channels first.
 
         conv1 reads the coarse channels after a x2 bilinear upsample, a fixed linear map, so
         conv1 of the upsample equals, for each of the four output pixel parities, one 3x3
         convolution of the quarter-resolution window itself (`_phase_weights`), its outputs
-        interleaved by `pixel_shuffle`. Same products, a quarter of the input to read, and no
+        interleaved by `_depth_to_space`. Same products, a quarter of the input to read, and no
         42-channel concatenation. Where a window reaches past the frame the original sees zeros
         instead of upsampled values: there a one-cell strip along that side is recomputed the
         original way (its conv1 rows are the window's outermost ones, which cover every row that
         sees the outside).
         """
-        channels = padded.shape[3]
+        channels = frame.coarse.shape[3]
         half = self._paddings()[0]
         sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)
         weight, bias = self.conv1.weight, self.conv1.bias
         phases = F.conv2d(
-            self._coarse_windows(padded, corners, cells), _phase_weights(weight[:, :channels])
+            self._coarse_windows(frame, corners, cells), _phase_weights(weight[:, :channels])
         )
-        hidden = F.pixel_shuffle(phases, 2)
-        hidden += F.conv2d(_gather(source_half, corners, 2, sides), weight[:, channels:], bias)
-        frame = (source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half)
-        for picked, corner, strip, where in _edge_strips(corners, cells, half, frame):
-            x = self._half_windows(source_half, padded, corner, strip)
+        hidden = _depth_to_space(phases, weight.shape[0])
+        hidden += F.conv2d(_gather(frame.half, corners, 2, sides), weight[:, channels:], bias)
+        size = (frame.half.shape[1] - 2 * half, frame.half.shape[2] - 2 * half)
+        for picked, corner, strip, where in _edge_strips(corners, cells, half, size):
+            x = self._half_windows(frame, corner, strip)
             hidden[(picked, slice(None), *where)] = self.conv1(x)
         return hidden
 
     def _window_inputs(
-        self,
-        src_bgr: Tensor,
-        source_half: Tensor,
-        padded: Tensor,
-        corners: Index,
-        cells: tuple[int, int],
+        self, frame: _Sources, corners: Index, cells: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
         """`convs`' inputs (x, y) for windows of `cells` quarter-resolution cells at `corners`."""
-        x = self._half_windows(source_half, padded, corners, cells)
-        return x, self._full_windows(src_bgr, corners, cells)
+        return self._half_windows(frame, corners, cells), self._full_windows(frame, corners, cells)
 
-    def _half_windows(
-        self, source_half: Tensor, padded: Tensor, corners: Index, cells: tuple[int, int]
-    ) -> Tensor:
+    def _half_windows(self, frame: _Sources, corners: Index, cells: tuple[int, int]) -> Tensor:
         """conv1's input x for windows of `cells` quarter-resolution cells at `corners`.
 
         A window of r x c cells at quarter position (y, x) needs half-resolution rows
         2y - half .. 2(y + r) + half of the half-resolution frame, zero outside it. Their coarse
         part is cut from the 2x bilinear upsample of quarter-resolution rows y - reach ..
         y + r - 1 + reach (edges replicated, as interpolate clamps; the rows used never touch
-        the window's own edges); their source part from the source's half-resolution copy
-        (`source_half`, zero-padded by `half`, channels last).
+        the window's own edges); their source part from the source's half-resolution copy.
         Channels-last, because oneDNN runs the refiner's convolutions on it about twice as fast.
         """
         half = self._paddings()[0]
         reach = (half + 2) // 2
         sides = (2 * cells[0] + 2 * half, 2 * cells[1] + 2 * half)  # half-resolution rows, cols
         first = 2 * reach - half  # the window upsample's row that is the first one needed
-        windows = self._coarse_windows(padded, corners, cells)
+        windows = self._coarse_windows(frame, corners, cells)
         upsampled = F.interpolate(windows, scale_factor=2.0, mode="bilinear", align_corners=False)
         x = torch.cat(
             [
                 upsampled[:, :, first : first + sides[0], first : first + sides[1]],
-                _gather(source_half, corners, 2, sides),
+                _gather(frame.half, corners, 2, sides),
             ],
             dim=1,
         ).contiguous(memory_format=torch.channels_last)
-        height, width = source_half.shape[1] - 2 * half, source_half.shape[2] - 2 * half
-        _zero_outside(x[:, : padded.shape[3]], corners, sides, half, height, width)
+        height, width = frame.half.shape[1] - 2 * half, frame.half.shape[2] - 2 * half
+        _zero_outside(x[:, : frame.coarse.shape[3]], corners, sides, half, height, width)
         return x
 
     def _pad_coarse(self, coarse: Tensor) -> Tensor:
         """The quarter-resolution coarse output [B, C, h, w] as [B, h + 2 reach, w + 2 reach, C],
         edges replicated (as interpolate clamps): what every window's coarse part is cut from."""
         reach = (self._paddings()[0] + 2) // 2
-        return F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1)
+        return F.pad(coarse, (reach,) * 4, mode="replicate").permute(0, 2, 3, 1).contiguous()
 
-    def _coarse_windows(self, padded: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
+    def _coarse_windows(self, frame: _Sources, corners: Index, cells: tuple[int, int]) -> Tensor:
         """[P, C, r + 2 reach, c + 2 reach] channels-last quarter-resolution windows around the
-        cells (from `_pad_coarse`): what the x2 upsample of the window's rows needs."""
+        cells: what the x2 upsample of the window's rows needs."""
         reach = (self._paddings()[0] + 2) // 2
-        return _gather(padded, corners, 1, (cells[0] + 2 * reach, cells[1] + 2 * reach))
+        return _gather(frame.coarse, corners, 1, (cells[0] + 2 * reach, cells[1] + 2 * reach))
 
-    def _full_windows(self, src_bgr: Tensor, corners: Index, cells: tuple[int, int]) -> Tensor:
-        """conv3's full-resolution source windows, zero outside the frame, channels last."""
+    def _full_windows(self, frame: _Sources, corners: Index, cells: tuple[int, int]) -> Tensor:
+        """conv3's full-resolution source windows, zero outside the frame, channels last: as
+        they are, or space-to-depth (half the side, four times the channels) when folded."""
         full = self._paddings()[1]
-        source = F.pad(src_bgr, (full,) * 4).permute(0, 2, 3, 1)
         sides = (PATCH * cells[0] + 2 * full, PATCH * cells[1] + 2 * full)
-        return _gather(source, corners, PATCH, sides).contiguous(memory_format=torch.channels_last)
+        return _gather(frame.full, corners, PATCH, sides, 2 if frame.folded else 1)
 
-    def _source_half(self, src_bgr: Tensor) -> Tensor:
-        """[B, H/2 + 2 half, W/2 + 2 half, 6]: source and plate at half resolution, zero-padded
-        by the half-resolution context, channels last for `_gather`."""
-        height, width = src_bgr.shape[2] // 2, src_bgr.shape[3] // 2
-        source_half = F.interpolate(src_bgr, (height, width), mode="bilinear", align_corners=False)
-        return F.pad(source_half, (self._paddings()[0],) * 4).permute(0, 2, 3, 1)
+
+class _Sources(NamedTuple):
+    """What every window of one frame is cut from, each [B, h, w, C] contiguous (`_gather`)."""
+
+    coarse: Tensor  # quarter resolution, edges replicated (`_pad_coarse`)
+    half: Tensor  # source and plate at half resolution, zero-padded by the half context
+    full: Tensor  # source and plate at full resolution, zero-padded by the full context
+    folded: bool  # the refiner's own convolutions, upsamples folded (`_folds`)
 
 
 # What a 3x3 kernel reads of a x2 upsample at an even (0) or odd (1) output row: for each of its
@@ -291,12 +291,64 @@ _NEAREST_ROWS = (((1.0, 0.0), (1.0, 0.0), (0.0, 1.0)), ((1.0, 0.0), (0.0, 1.0), 
 def _phase_weights(weight: Tensor, rows: tuple = _UPSAMPLE_ROWS) -> Tensor:
     """[4 O, I, k, k] kernels, one per output parity (row, column), that applied to the input
     give `weight` [O, I, 3, 3] applied to its x2 upsample (`rows`: see above; k = 3 for
-    bilinear, 2 for nearest); channels ordered as `pixel_shuffle` reads them."""
+    bilinear, 2 for nearest); channels parity-major, as `_depth_to_space` reads them."""
     taps = weight.new_tensor(rows)
-    phases = torch.einsum("oitu,sta,qub->osqiab", weight, taps, taps)
+    phases = torch.einsum("oitu,sta,qub->sqoiab", weight, taps, taps)
     return phases.reshape(-1, weight.shape[1], *taps.shape[2:] * 2).contiguous(
         memory_format=torch.channels_last
     )
+
+
+# Which of a 3x3 kernel's taps (rows) an output row of parity a (0 even, 1 odd) reads through a
+# 2x2 kernel over the space-to-depth input: tap t of input row 2 u + c (u the 2x2 kernel's row,
+# c the input row's parity) is t = 2 u + c - a.
+_SPACE_TO_DEPTH_TAPS = tuple(
+    tuple(tuple(tuple(float(t == 2 * u + c - a) for c in (0, 1)) for u in (0, 1)) for t in range(3))
+    for a in (0, 1)
+)
+
+
+def _space_to_depth_weights(weight: Tensor) -> Tensor:
+    """[4 O, 4 I, 2, 2] kernels, one per output parity, that applied to `_space_to_depth` of the
+    input give `weight` [O, I, 3, 3] (valid) applied to the input itself; the input channels
+    ordered as `_space_to_depth` writes them, the output ones as `_depth_to_space` reads them."""
+    taps = weight.new_tensor(_SPACE_TO_DEPTH_TAPS)  # [a, t, u, c]
+    phases = torch.einsum("oits,atuc,bsvd->abocdiuv", weight, taps, taps)
+    out, inputs = weight.shape[:2]
+    return phases.reshape(4 * out, 4 * inputs, 2, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _per_parity(conv: nn.Conv2d) -> Tensor | None:
+    """`conv`'s bias for its outputs as four parity planes (see `_depth_to_space`)."""
+    return None if conv.bias is None else conv.bias.repeat(4)
+
+
+def _halved(nchw: Tensor) -> Tensor:
+    """Bilinear x1/2, as the official refiner makes its half-resolution source."""
+    size = (nchw.shape[2] // 2, nchw.shape[3] // 2)
+    return F.interpolate(nchw, size, mode="bilinear", align_corners=False)
+
+
+def _pad_nhwc(nchw: Tensor, padding: int) -> Tensor:
+    """[B, C, H, W] -> [B, H + 2 padding, W + 2 padding, C] contiguous, zero-padded: one copy."""
+    return F.pad(nchw.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
+
+
+def _space_to_depth(nchw: Tensor) -> Tensor:
+    """[B, C, H, W] (H, W even) -> [B, H/2, W/2, 4 C] contiguous: each 2x2 block's pixels as
+    channels, parity-major ((2 row parity + column parity) C + c)."""
+    b, c, h, w = nchw.shape
+    blocks = nchw.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1)
+    return blocks.reshape(b, h // 2, w // 2, 4 * c)
+
+
+def _depth_to_space(phases: Tensor, channels: int) -> Tensor:
+    """[N, 4 C, h, w] parity-major phases -> [N, C, 2h, 2w] channels-last, the inverse of
+    `_space_to_depth`. `pixel_shuffle` orders channel-major, so on channels-last tensors it
+    moves single floats; this moves runs of C: about 6x faster on a box, 2x on patches."""
+    n, _, h, w = phases.shape
+    blocks = phases.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, channels)
+    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, channels).permute(0, 3, 1, 2)
 
 
 def _edge_windows(
@@ -339,14 +391,26 @@ def _edge_strips(corners: Index, cells: tuple[int, int], half: int, frame: tuple
             yield picked, corner, strip, where
 
 
-def _gather(nhwc: Tensor, corners: Index, stride: int, size: tuple[int, int]) -> Tensor:
-    """[P, C, h, w] channels-last windows of a [B, H, W, C] tensor, window i's corner at
-    (stride y_i, stride x_i)."""
-    down = torch.arange(size[0], device=nhwc.device)[None, :, None]
-    across = torch.arange(size[1], device=nhwc.device)[None, None, :]
-    rows = (stride * corners[1])[:, None, None] + down
-    cols = (stride * corners[2])[:, None, None] + across
-    return nhwc[corners[0][:, None, None], rows, cols].permute(0, 3, 1, 2)
+def _gather(
+    nhwc: Tensor, corners: Index, stride: int, size: tuple[int, int], block: int = 1
+) -> Tensor:
+    """[P, C, h, w] channels-last windows of a [B, H, W, C] tensor (contiguous, or it is
+    copied), window i's corner at (stride y_i, stride x_i); with `block` 2 each window comes
+    space-to-depth ([P, 4 C, h/2, w/2], as `_space_to_depth` orders it) at no extra cost.
+
+    One `index_select` of whole pixels (C floats each) in the order they are wanted: about 4x
+    faster than indexing with three index tensors, which computes an offset per float."""
+    batch, height, width, channels = nhwc.shape
+    tall, wide = size[0] // block, size[1] // block
+    phase = torch.arange(block, device=nhwc.device)
+    down = block * torch.arange(tall, device=nhwc.device)[:, None] + phase  # [tall, block]
+    across = block * torch.arange(wide, device=nhwc.device)[:, None] + phase  # [wide, block]
+    rows = (stride * corners[1])[:, None, None, None, None] + down[None, :, None, :, None]
+    cols = (stride * corners[2])[:, None, None, None, None] + across[None, None, :, None, :]
+    image = corners[0][:, None, None, None, None]
+    pixels = (image * height + rows) * width + cols  # [P, tall, wide, block, block]
+    picked = nhwc.reshape(-1, channels).index_select(0, pixels.reshape(-1))
+    return picked.view(-1, tall, wide, block * block * channels).permute(0, 3, 1, 2)
 
 
 def _zero_outside(
