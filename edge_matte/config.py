@@ -57,8 +57,12 @@ class SourceConfig(Section):
         "test://",
         description="Frame source: csi://N, v4l2:///dev/videoN, file:///path, rtsp://..., test://",
     )
-    width: int = Field(1280, ge=16, le=7680, description="Requested frame width in pixels")
-    height: int = Field(720, ge=16, le=4320, description="Requested frame height in pixels")
+    width: int = Field(
+        1280, ge=16, le=7680, multiple_of=2, description="Requested frame width in pixels"
+    )
+    height: int = Field(
+        720, ge=16, le=4320, multiple_of=2, description="Requested frame height in pixels"
+    )
     fps: float = Field(30.0, gt=0, le=240, description="Requested frame rate")
     loop: bool = Field(True, description="Restart a file source at its end")
     timeout_s: float = Field(

@@ -20,6 +20,7 @@ import time
 from fractions import Fraction
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .config import StreamConfig
@@ -69,7 +70,7 @@ def encoder_chain(config: StreamConfig, gst: Any) -> str:
     key = config.keyframe_interval
     if config.encoder == "nvv4l2" or (config.encoder == "auto" and hardware):
         return (
-            "videoconvert ! video/x-raw,format=I420 ! nvvidconv ! video/x-raw(memory:NVMM),format=I420"
+            "nvvidconv ! video/x-raw(memory:NVMM),format=I420"
             f" ! nvv4l2h264enc insert-sps-pps=1 idrinterval={key} iframeinterval={key}"
             f" bitrate={config.bitrate_kbps * 1000}{parse}"
         )
@@ -78,21 +79,21 @@ def encoder_chain(config: StreamConfig, gst: Any) -> str:
             "no H.264 encoder: GStreamer has neither nvv4l2h264enc nor x264enc "
             "(apt: gstreamer1.0-plugins-ugly)"
         )
-    # I420 pinned: from BGR, x264enc would otherwise negotiate 4:4:4, which most players reject.
     return (
-        "videoconvert ! video/x-raw,format=I420 ! x264enc tune=zerolatency speed-preset=ultrafast"
+        "x264enc tune=zerolatency speed-preset=ultrafast"
         f" key-int-max={key} bitrate={config.bitrate_kbps}{parse}"
     )
 
 
 def launch_line(config: StreamConfig, gst: Any, width: int, height: int, fps: float) -> str:
-    """The media factory's pipeline: a leaky appsrc, the encoder, the RTP payloader."""
+    """The media factory's pipeline: a leaky appsrc of I420 frames (`push` converts them: 4:2:0
+    is what players accept), the encoder, the RTP payloader."""
     rate = Fraction(fps).limit_denominator(1001)
-    frame_bytes = width * height * 3
+    frame_bytes = width * height * 3 // 2
     source = (
         "appsrc name=src is-live=true format=time do-timestamp=true block=false"
         f" max-bytes={frame_bytes * _QUEUED_FRAMES} leaky-type=downstream"
-        f" caps=video/x-raw,format=BGR,width={width},height={height},"
+        f" caps=video/x-raw,format=I420,width={width},height={height},"
         f"framerate={rate.numerator}/{rate.denominator}"
     )
     payload = "rtph264pay config-interval=1 pt=96 name=pay0"
@@ -254,8 +255,10 @@ class RtspServer:
             appsrc = self._appsrcs.get(name)
         if appsrc is None:
             return
-        # tobytes copies, so the caller may reuse its array; GStreamer owns the copy.
-        appsrc.emit("push-buffer", self._gst.Buffer.new_wrapped(image.tobytes()))
+        # OpenCV converts to I420 several times faster than videoconvert (0.4 vs 4.6 ms at 720p
+        # here); GStreamer owns the bytes (one copy of the half-size I420 frame).
+        i420 = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        appsrc.emit("push-buffer", self._gst.Buffer.new_wrapped(i420.tobytes()))
 
     def stop(self) -> None:
         """End every stream, disconnect the clients and stop the loop; returns within ~2 s."""

@@ -36,6 +36,8 @@ def _limits(field: Any) -> str:
         for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             if getattr(meta, name, None) is not None:
                 parts.append(f"{symbol} {getattr(meta, name)}")
+        if getattr(meta, "multiple_of", None) is not None:
+            parts.append(f"multiple of {meta.multiple_of}")
     return ", ".join(parts)
 
 

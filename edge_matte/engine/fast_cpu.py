@@ -11,8 +11,13 @@ refined patches a frame (`edge-matte bench`; quiet machine, medians):
   channels bilinearly upsampled from quarter to half resolution; both are linear, so four 3x3
   "phase" kernels on the quarter-resolution window give the same values without the upsample
   and the 42-channel concatenation. Refiner, 5,000 patches: about 100 ms less per frame.
-  conv3 reads conv2's activations nearest-upsampled x2; folded the same way (2x2 kernels), it
-  also skips that upsample and the 22-channel concatenation.
+  conv3 reads conv2's activations nearest-upsampled x2 and the full-resolution source: as 2x2
+  kernels per output parity on x and on the source's space-to-depth windows (one convolution
+  of both), and conv4 on conv3's parity planes the same way, nothing runs at full resolution
+  but the 4-channel output's interleave (`_full_resolution`). About 15 ms less per frame.
+* Windows gathered by one `index_select` of whole pixels (`_gather`), 4x faster than indexing
+  by three per-float index tensors; parity planes interleaved in runs of channels
+  (`_depth_to_space`), 2-6x faster than `pixel_shuffle` on channels-last tensors.
 * Where the selected patches crowd their box (a subject's region crop), conv1 and conv2 run
   once over the box and conv3 and conv4, most of the work, only on the selected patches.
 * BatchNorm folded into the convolutions (`model.fuse`): one pass per activation instead of
@@ -27,7 +32,9 @@ refined patches a frame (`edge-matte bench`; quiet machine, medians):
   here, so it is an option, not the default.
 
 Whole engine call with frame conversion (`TorchEngine`, which also converts an unchanged plate
-only once): 429 -> 229 ms (x1.87) in one interleaved run; `edge-matte bench` measures it anew.
+only once): 429 -> 229 ms (x1.87) in one interleaved run before the conv3/conv4 folding and the
+gathers, and 272 -> 196 ms (-28%) more from those and `memory.keep_freed_memory` together;
+`edge-matte bench` measures it anew.
 bf16 is not used: it needs AVX512-BF16 or AMX to beat FP32 (this CPU has neither and would
 emulate it); the Jetson runs FP16 on its GPU instead.
 """
