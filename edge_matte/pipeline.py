@@ -6,8 +6,9 @@ pass, including idle passes, so only a genuinely hung stage stops the systemd pi
 
 Full-frame copies per frame in the hot path (BGR uint8): capture (1, the reader thread's
 resize/copy out of the device buffer), engine input conversion (inside the engine), composite (1
-output buffer), RTSP push (1, into the GStreamer buffer). Views (alpha/debug) add one each only when
-those outputs are enabled.
+output buffer), RTSP push (its conversion to I420, half the bytes, and that copied into the
+GStreamer buffer: the encoder's input). Views (alpha/debug) add one each only when those outputs
+are enabled.
 """
 
 from __future__ import annotations

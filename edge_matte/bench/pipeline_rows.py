@@ -99,6 +99,10 @@ def _config(label: str, weights: Path, threads: int, state_dir: Path, fps: float
                 "threads": threads,
             },
             "stream": {"port": _free_port(), "bind": "127.0.0.1"},
+            # The scene's true plate, never recaptured: random weights' alpha says nobody is
+            # there, which would let the keeper take the subject into a new plate (the frames
+            # would then be idle). Upkeep still runs every frame.
+            "plate": {"auto": False},
         }
     )
 
