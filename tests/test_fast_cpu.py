@@ -20,8 +20,8 @@ from edge_matte.engine.fast_cpu import (
     FastCpuEngine,
     WindowRefiner,
     _depth_to_space,
+    _gather,
     _phase_weights,
-    _space_to_depth,
     _space_to_depth_weights,
     channels_last_base,
     optimize_for_cpu,
@@ -230,16 +230,36 @@ def test_space_to_depth_weights_give_the_full_resolution_convolution():
     y = torch.randn(5, 6, 8, 12, generator=gen)
     weight = torch.randn(12, 6, 3, 3, generator=gen)
     expected = nn.functional.conv2d(y, weight)
-    depth = _space_to_depth(y).permute(0, 3, 1, 2)
+    depth = space_to_depth(y)
     phases = nn.functional.conv2d(depth, _space_to_depth_weights(weight))
     actual = _depth_to_space(phases, 12)
     assert actual.shape == expected.shape == (5, 12, 6, 10)
     assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
 
 
-def test_depth_to_space_inverts_space_to_depth():
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, 4 C, H/2, W/2]: each image as one window gathered in 2x2 blocks."""
+    batch, _, height, width = x.shape
+    corners = (
+        torch.arange(batch),
+        torch.zeros(batch, dtype=torch.long),
+        torch.zeros(batch, dtype=torch.long),
+    )
+    return _gather(x.permute(0, 2, 3, 1), corners, 1, (height, width), block=2)
+
+
+def test_depth_to_space_inverts_the_block_gather():
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
-    depth = _space_to_depth(x)
-    assert depth.shape == (2, 2, 3, 12)
-    assert depth[0, 0, 0].tolist() == [0, 24, 48, 1, 25, 49, 6, 30, 54, 7, 31, 55]
-    assert torch.equal(_depth_to_space(depth.permute(0, 3, 1, 2), 3), x)
+    depth = space_to_depth(x)
+    assert depth.shape == (2, 12, 2, 3)
+    assert depth[0, :, 0, 0].tolist() == [0, 24, 48, 1, 25, 49, 6, 30, 54, 7, 31, 55]
+    assert torch.equal(_depth_to_space(depth, 3), x)
+
+
+def test_gather_cuts_windows_at_their_corners():
+    x = torch.arange(2 * 5 * 7 * 3, dtype=torch.float32).reshape(2, 5, 7, 3)
+    corners = (torch.tensor([1, 0]), torch.tensor([1, 0]), torch.tensor([2, 1]))
+    windows = _gather(x, corners, 2, (2, 3))
+    assert windows.shape == (2, 3, 2, 3)
+    assert torch.equal(windows[0], x[1, 2:4, 4:7].permute(2, 0, 1))
+    assert torch.equal(windows[1], x[0, 0:2, 2:5].permute(2, 0, 1))

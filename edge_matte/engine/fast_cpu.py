@@ -180,7 +180,8 @@ class WindowRefiner(Refiner):
         return _depth_to_space(out, self.conv4.out_channels)
 
     def _folds(self, convs: ConvsFn) -> bool:
-        """Whether `convs` is this refiner's own kernel-3 stack, which `_phase_conv1` can split."""
+        """Whether `convs` is this refiner's own kernel-3 stack, whose upsamples the phase
+        convolutions fold (`_phase_conv1`, `_full_resolution`)."""
         return convs == self.convs and self.kernel_size == 3
 
     def _refine_in_box(
@@ -316,9 +317,9 @@ _SPACE_TO_DEPTH_TAPS = tuple(
 
 
 def _space_to_depth_weights(weight: Tensor) -> Tensor:
-    """[4 O, 4 I, 2, 2] kernels, one per output parity, that applied to `_space_to_depth` of the
-    input give `weight` [O, I, 3, 3] (valid) applied to the input itself; the input channels
-    ordered as `_space_to_depth` writes them, the output ones as `_depth_to_space` reads them."""
+    """[4 O, 4 I, 2, 2] kernels, one per output parity, that applied to the input's
+    space-to-depth (`_gather` with block 2) give `weight` [O, I, 3, 3] (valid) applied to the
+    input itself; the output channels ordered as `_depth_to_space` reads them."""
     taps = weight.new_tensor(_SPACE_TO_DEPTH_TAPS)  # [a, t, u, c]
     phases = torch.einsum("oits,atuc,bsvd->abocdiuv", weight, taps, taps)
     out, inputs = weight.shape[:2]
@@ -341,17 +342,9 @@ def _pad_nhwc(nchw: Tensor, padding: int) -> Tensor:
     return F.pad(nchw.permute(0, 2, 3, 1), (0, 0, padding, padding, padding, padding))
 
 
-def _space_to_depth(nchw: Tensor) -> Tensor:
-    """[B, C, H, W] (H, W even) -> [B, H/2, W/2, 4 C] contiguous: each 2x2 block's pixels as
-    channels, parity-major ((2 row parity + column parity) C + c)."""
-    b, c, h, w = nchw.shape
-    blocks = nchw.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1)
-    return blocks.reshape(b, h // 2, w // 2, 4 * c)
-
-
 def _depth_to_space(phases: Tensor, channels: int) -> Tensor:
-    """[N, 4 C, h, w] parity-major phases -> [N, C, 2h, 2w] channels-last, the inverse of
-    `_space_to_depth`. `pixel_shuffle` orders channel-major, so on channels-last tensors it
+    """[N, 4 C, h, w] parity-major phases ((2 row parity + column parity) C + c) -> [N, C, 2h, 2w]
+    channels-last, the inverse of `_gather`'s block 2. `pixel_shuffle` orders channel-major, so on channels-last tensors it
     moves single floats; this moves runs of C: about 6x faster on a box, 2x on patches."""
     n, _, h, w = phases.shape
     blocks = phases.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, channels)
@@ -403,7 +396,8 @@ def _gather(
 ) -> Tensor:
     """[P, C, h, w] channels-last windows of a [B, H, W, C] tensor (contiguous, or it is
     copied), window i's corner at (stride y_i, stride x_i); with `block` 2 each window comes
-    space-to-depth ([P, 4 C, h/2, w/2], as `_space_to_depth` orders it) at no extra cost.
+    space-to-depth at no extra cost: [P, 4 C, h/2, w/2], each 2x2 block's pixels as channels,
+    parity-major ((2 row parity + column parity) C + c).
 
     One `index_select` of whole pixels (C floats each) in the order they are wanted: about 4x
     faster than indexing with three index tensors, which computes an offset per float."""
