@@ -32,7 +32,8 @@ KEEP_BELOW = 1 << 30  # bytes: blocks up to this size come from the heap and go 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-_THRESHOLD_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+_THRESHOLD_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_THRESHOLD_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold")
 
 
 @cache
@@ -61,7 +62,12 @@ def keep_freed_memory(limit: int = KEEP_BELOW) -> bool:
     kernel at once (see the module docstring), unless the environment tunes malloc's
     thresholds itself. True when set here. `release_free_memory` still gives them back."""
     libc = _libc()
-    if libc is None or any(name in os.environ for name in _THRESHOLD_SETTINGS):
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (
+        libc is None
+        or any(name in os.environ for name in _THRESHOLD_VARIABLES)
+        or any(name in tunables for name in _THRESHOLD_TUNABLES)
+    ):
         return False
     if libc.mallopt(_M_MMAP_THRESHOLD, limit) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, limit) != 1:
         _LOG.warning("mallopt thresholds not set; frame buffers will be faulted in anew")

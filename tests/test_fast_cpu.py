@@ -201,6 +201,11 @@ def test_fast_engine_rejects_unknown_backends_and_devices():
         FastCpuEngine.from_model(random_model(0), device="cuda")
 
 
+def assert_same_convolution(actual: torch.Tensor, expected: torch.Tensor, shape: tuple) -> None:
+    assert actual.shape == expected.shape == shape
+    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
 def test_phase_weights_fold_the_upsample_into_the_convolution():
     """conv1 over a x2 bilinear upsample == four 3x3 phase convolutions of the window itself."""
     gen = torch.Generator().manual_seed(7)
@@ -209,8 +214,7 @@ def test_phase_weights_fold_the_upsample_into_the_convolution():
     upsampled = nn.functional.interpolate(window, scale_factor=2.0, mode="bilinear")
     expected = nn.functional.conv2d(upsampled[:, :, 1:-1, 1:-1], weight)
     actual = _depth_to_space(nn.functional.conv2d(window, _phase_weights(weight)), 24)
-    assert actual.shape == expected.shape == (5, 24, 10, 14)
-    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+    assert_same_convolution(actual, expected, (5, 24, 10, 14))
 
 
 def test_nearest_phase_weights_fold_the_upsample_into_the_convolution():
@@ -220,8 +224,7 @@ def test_nearest_phase_weights_fold_the_upsample_into_the_convolution():
     weight = torch.randn(12, 16, 3, 3, generator=gen)
     expected = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2.0), weight)
     actual = _depth_to_space(nn.functional.conv2d(x, _phase_weights(weight, _NEAREST_ROWS)), 12)
-    assert actual.shape == expected.shape == (5, 12, 6, 10)
-    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+    assert_same_convolution(actual, expected, (5, 12, 6, 10))
 
 
 def test_space_to_depth_weights_give_the_full_resolution_convolution():
@@ -233,8 +236,7 @@ def test_space_to_depth_weights_give_the_full_resolution_convolution():
     depth = space_to_depth(y)
     phases = nn.functional.conv2d(depth, _space_to_depth_weights(weight))
     actual = _depth_to_space(phases, 12)
-    assert actual.shape == expected.shape == (5, 12, 6, 10)
-    assert (actual - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+    assert_same_convolution(actual, expected, (5, 12, 6, 10))
 
 
 def space_to_depth(x: torch.Tensor) -> torch.Tensor:

@@ -94,3 +94,8 @@ def test_freed_frame_buffers_are_reused_instead_of_faulted_in_again() -> None:
     # The operator's thresholds win.
     tuned, count = faults("tune", {**env, "MALLOC_MMAP_THRESHOLD_": "131072"})
     assert tuned == "False" and count > 5 * _PAGES_PER_BLOCK
+    tunables = "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=131072"
+    tuned, count = faults("tune", {**env, "GLIBC_TUNABLES": tunables})
+    assert tuned == "False" and count > 5 * _PAGES_PER_BLOCK
+    tuned, count = faults("tune", {**env, "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+    assert tuned == "True" and count < _PAGES_PER_BLOCK // 4  # other tunables: still ours

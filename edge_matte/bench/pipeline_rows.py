@@ -57,8 +57,8 @@ SOURCE_RATE = 1.5  # source fps over model-only fps
 MAX_SOURCE_FPS = 30.0
 WARMUP_S = 2.0  # after the client is served, before the window: region and plate settle
 STARTUP_S = 60.0  # longest wait for the first frame and the client
-WARMUP_FRAMES = 2  # least warm-up frames before model-only is timed
-SETTLE_FRAMES = 40  # most
+WARMUP_FRAMES = 2  # fewest warm-up frames before model-only is timed
+SETTLE_FRAMES = 40  # most warm-up frames while a region crop is still growing
 
 
 @contextlib.contextmanager

@@ -128,7 +128,7 @@ class WindowRefiner(Refiner):
         if coarse.shape[0] > 1 or rows * cols > self.DENSE_RATIO * idx[0].size(0):
             return self._refine_windows(frame, idx, (1, 1), convs)
         corner = (idx[0][:1], idx[1].new_tensor([top]), idx[2].new_tensor([left]))
-        if self._folds(convs):
+        if frame.folded:
             return self._refine_in_box(frame, idx, corner, (rows, cols))
         dense = self._refine_windows(frame, corner, (rows, cols), convs)
         blocks = dense.reshape(4, rows, PATCH, cols, PATCH).permute(1, 3, 0, 2, 4)
