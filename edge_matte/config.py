@@ -126,7 +126,7 @@ class RegionConfig(Section):
         description="Frame-plate difference (8-bit levels) that marks a pixel as possibly foreground",
     )
     margin: int = Field(
-        64, ge=0, le=1024, description="Pixels added around the possible foreground"
+        32, ge=0, le=1024, description="Pixels added around the possible foreground"
     )
     min_size: int = Field(256, ge=16, le=4096, description="Smallest crop side in pixels")
     max_fraction: float = Field(

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from edge_matte.bench.catalog import BACKENDS, unavailable
+from edge_matte.bench.pipeline_rows import ROUNDS
 from edge_matte.bench.scenes import COVERAGES
 
 COMMAND = [sys.executable, "-m", "edge_matte.cli", "bench"]
@@ -110,6 +111,8 @@ def test_pipeline_row_against_its_engine_alone(run):
     assert row["model_only_median_ms"] > 0
     assert 1 <= row["source_fps"] <= 30
     assert row["fps_over_model_only"] == pytest.approx(row["fps"] / row["model_only_fps"], 0.01)
+    ratios = row["rounds_fps_over_model_only"]
+    assert len(ratios) == ROUNDS and sorted(ratios)[ROUNDS // 2] == row["fps_over_model_only"]
     assert row["rtsp_clients"] >= 1
     assert row["captured"] >= 1
 

@@ -205,6 +205,47 @@ def test_odd_frame_sizes_keep_their_shape(frame):
     assert matte.foreground.shape == (250, 762, 3)
 
 
+class PlateLog:
+    """A MattingEngine handing frames to `inner` and keeping every plate it was given."""
+
+    def __init__(self, inner: TorchEngine) -> None:
+        self.inner, self.name, self.plates = inner, inner.name, []
+
+    def matte(self, image: np.ndarray, plate: np.ndarray):
+        self.plates.append(plate)
+        return self.inner.matte(image, plate)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_an_immutable_plate_is_cropped_once_per_box_and_a_writable_one_every_frame(frame):
+    log = PlateLog(TorchEngine.from_model(random_model(0, refine_mode="thresholding")))
+    region = RegionEngine(log, backbone_scale=0.25)
+    plate = frame.truth_background.copy()
+    plate.flags.writeable = False
+    first = region.matte(frame.image, plate)
+    region.reset()
+    again = region.matte(frame.image, plate)
+    assert log.plates[1] is log.plates[0] and not log.plates[0].flags.writeable
+    assert not np.shares_memory(log.plates[0], plate)  # a copy the engine may keep converted
+    assert np.array_equal(again.alpha, first.alpha)
+
+    other = plate.copy()
+    other.flags.writeable = False
+    region.reset()
+    region.matte(frame.image, other)
+    assert log.plates[2] is not log.plates[0]
+
+    writable = frame.truth_background.copy()
+    for _ in range(2):
+        region.reset()
+        matte = region.matte(frame.image, writable)
+    assert log.plates[3] is not log.plates[4]
+    assert np.shares_memory(log.plates[4], writable)  # its pixels may change: never kept
+    assert np.array_equal(matte.alpha, first.alpha)
+
+
 def test_bad_input_and_settings_are_refused(frame):
     inner = TorchEngine.from_model(random_model(0))
     with pytest.raises(ValueError, match="out of range"):

@@ -71,7 +71,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--pipeline-seconds",
         type=_positive(float, zero=True),
         default=20.0,
-        help="measuring window of each pipeline row (0 skips the pipeline rows)",
+        help="measuring time of each pipeline row, split into windows between model-only runs "
+        "(0 skips the pipeline rows)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
 

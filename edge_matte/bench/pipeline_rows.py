@@ -3,11 +3,13 @@
 For each size the daemon's `Pipeline` runs on `test://` with a subject always in view (every
 frame active, none idle) and a plate loaded from the start, serving RTSP to a real ffmpeg client
 (`-c copy`: it receives the stream without decoding, so it takes little of the CPU it shares).
-Just before and just after it, the pipeline's own engine (an `EngineChain` of the same config:
-the default CPU engine, `torch-cpu+fast` with subject regions, or `torch-cuda` where CUDA is)
-mattes the same scene's frames alone: the model-only fps is the mean of the two, so a machine
-whose speed drifts during the row (a shared VM) moves both sides alike. The source runs at 1.5x
-the first model-only rate, capped at 30 fps:
+It runs in ROUNDS windows, and before the first and after each the pipeline's own engine (an
+`EngineChain` of the same config: the default CPU engine, `torch-cpu+fast` with subject regions,
+or `torch-cuda` where CUDA is) mattes the same scene's frames alone. A window's model-only fps is
+the mean of the runs on either side of it, so a machine whose speed drifts (a shared VM: 10-20%
+within a minute) moves both sides alike; the row is the window with the median ratio, and
+every window's ratio is in its notes. The source runs at 1.5x the first model-only rate, capped
+at 30 fps:
 fast enough that the matte stage never waits for a frame, not so fast that capture spends the
 CPU rendering frames the matte stage would drop anyway.
 
@@ -16,7 +18,7 @@ model rows, sampling mode skips patches whose error is 0 (`refine_prevent_oversa
 config setting), which with random weights leaves it fewer patches than the model rows refine.
 Compare a pipeline row with its own model-only figures, not with the model rows.
 
-The row's fps is frames published over the measuring window (telemetry's output counter);
+The row's fps is frames published over its measuring window (telemetry's output counter);
 its median and p95 ms are the capture-to-publish latency of the last frames (telemetry keeps
 percentiles only, so no min); CPU % and peak RSS are the whole process's over the window.
 """
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import itertools
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +62,7 @@ WARMUP_S = 2.0  # after the client is served, before the window: region and plat
 STARTUP_S = 60.0  # longest wait for the first frame and the client
 WARMUP_FRAMES = 2  # fewest warm-up frames before model-only is timed
 SETTLE_FRAMES = 40  # most warm-up frames while a region crop is still growing
+ROUNDS = 3  # pipeline windows, each between two model-only runs
 
 
 @contextlib.contextmanager
@@ -74,21 +78,24 @@ def pipeline_weights(weights: Path | None) -> Iterator[Path]:
 
 
 def pipeline_row(label: str, settings: Settings, weights: Path) -> Row:
-    """Model-only, then the whole pipeline, at size `label`."""
+    """Model-only and the whole pipeline in turn (ROUNDS windows), at size `label`."""
     with tempfile.TemporaryDirectory(prefix="edge-matte-bench-") as state_dir:
         config = _config(label, weights, settings.threads, Path(state_dir), MAX_SOURCE_FPS)
         # Off the main thread, as the pipeline builds its engine: see engine/openmp.py.
-        before = on_passing_thread(lambda: _model_only(label, config, settings.repeats))
-        fps = min(MAX_SOURCE_FPS, max(1.0, round(SOURCE_RATE * before.fps, 1)))
+        models = [on_passing_thread(lambda: _model_only(label, config, settings.repeats))]
+        fps = min(MAX_SOURCE_FPS, max(1.0, round(SOURCE_RATE * models[0].fps, 1)))
         config = _config(label, weights, settings.threads, Path(state_dir), fps)
+        window = settings.pipeline_seconds / ROUNDS
         print(
-            f"{label}: pipeline for {settings.pipeline_seconds:g} s, source {fps:g} fps "
-            f"({SOURCE_RATE:g}x model-only {before.fps:g} fps, at most {MAX_SOURCE_FPS:g})",
+            f"{label}: pipeline for {ROUNDS} x {window:g} s, source {fps:g} fps "
+            f"({SOURCE_RATE:g}x model-only {models[0].fps:g} fps, at most {MAX_SOURCE_FPS:g})",
             file=sys.stderr,
         )
-        row = _pipeline(label, config, settings.pipeline_seconds)
-        after = on_passing_thread(lambda: _model_only(label, config, settings.repeats))
-        return _against_model_only(row, before, after)
+        rounds = []
+        for _ in range(ROUNDS):
+            rounds.append(_pipeline(label, config, window))
+            models.append(on_passing_thread(lambda: _model_only(label, config, settings.repeats)))
+        return _against_model_only(rounds, models)
 
 
 def _config(label: str, weights: Path, threads: int, state_dir: Path, fps: float) -> Config:
@@ -247,17 +254,27 @@ def _row(
     )
 
 
-def _against_model_only(row: Row, before: Row, after: Row) -> Row:
-    """`row` with the model-only figures measured around it, and its fps over their mean."""
-    fps = (before.fps + after.fps) / 2
+def _against_model_only(rounds: list[Row], models: list[Row]) -> Row:
+    """The round with the (low) median fps over the model-only runs around it (their mean), with
+    those figures and every round's ratio; peak RSS is the highest of all rounds.
+
+    `models` has one more run than `rounds`: models[i] ran just before rounds[i], models[i + 1]
+    just after it."""
+    around = [(before.fps + after.fps) / 2 for before, after in itertools.pairwise(models)]
+    ratios = [row.fps / fps for row, fps in zip(rounds, around, strict=True)]
+    middle = ratios.index(statistics.median_low(ratios))
+    before, after = models[middle], models[middle + 1]
     notes = {
-        "model_only_fps": round(fps, 2),
+        "model_only_fps": round(around[middle], 2),
         "model_only_fps_before": before.fps,
         "model_only_fps_after": after.fps,
         "model_only_median_ms": round((before.median_ms + after.median_ms) / 2, 2),
-        "fps_over_model_only": round(row.fps / fps, 2),
+        "fps_over_model_only": round(ratios[middle], 2),
+        "rounds_fps_over_model_only": [round(ratio, 2) for ratio in ratios],
     }
-    return dataclasses.replace(row, notes={**row.notes, **notes})
+    row = rounds[middle]
+    peak = max(window.peak_rss_mb for window in rounds)
+    return dataclasses.replace(row, peak_rss_mb=peak, notes={**row.notes, **notes})
 
 
 def _rtsp_client(url: str) -> subprocess.Popen:

@@ -107,7 +107,7 @@ class TorchEngine:
             _load_rgb(src, image)
             if plate is not self._bgr_of:
                 _load_rgb(bgr, plate)
-                self._bgr_of = plate if _immutable(plate) else None
+                self._bgr_of = plate if immutable(plate) else None
             pha, fgr = self.infer(src, bgr)
             alpha = pha[0, 0, :height, :width].float().contiguous().cpu().numpy()
             foreground = _to_bgr_uint8(fgr[0, :, :height, :width])
@@ -172,8 +172,10 @@ def check_images(image: np.ndarray, plate: np.ndarray) -> None:
         )
 
 
-def _immutable(array: np.ndarray) -> bool:
-    """Nobody can change these pixels: read-only and not a view of some other, writable array."""
+def immutable(array: np.ndarray) -> bool:
+    """Nobody can change these pixels: read-only and not a view of some other, writable array.
+
+    What an engine may cache a conversion of (the plate changes a few times an hour)."""
     return not array.flags.writeable and array.flags.owndata
 
 
