@@ -15,9 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from model_builders import random_model
 
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.config import PlateConfig
+from edge_matte.engine.fast_cpu import FastCpuEngine
+from edge_matte.engine.region import RegionEngine
 from edge_matte.errors import MediaError
 from edge_matte.events import Event
 from edge_matte.frames import Frame, Matte
@@ -299,3 +302,21 @@ def test_maintenance_cost_is_measured() -> None:
     drive(keeper, source, trace, range(50))
     stats = keeper.stats()
     assert stats["frames"] == 50 and 0 < stats["maintenance_ms"] <= stats["maintenance_ms_max"]
+
+
+def test_a_wrong_matte_never_moves_the_plate_of_a_still_camera() -> None:
+    # Random weights' alpha calls parts of a walking subject background: at 640x480 the grid's
+    # alignment check then agreed on shifts of >= 1 px that the full-resolution measure put at
+    # 0.1-0.3 px, and the plate was warped by those (first at frame 91 of this scene).
+    source = SyntheticSource(
+        SceneScript(width=640, height=480, present_from_start=True, leave=False), realtime=False
+    )
+    trace = Trace()
+    keeper = keeper_for(source, trace, PlateConfig(auto=False))
+    keeper.load_array(source.frame_at(0).truth_background)
+    engine = RegionEngine(FastCpuEngine.from_model(random_model(0)), backbone_scale=0.25)
+    for index in range(120):
+        frame = source.frame_at(index)
+        keeper.observe(frame, engine.matte(frame.image, keeper.plate))
+    assert "plate.realigned" not in trace.kinds
+    assert keeper.status()["shift"] == [0.0, 0.0]  # never warped (the slow update still runs)

@@ -135,4 +135,7 @@ class Upkeep:
         ):
             return None
         self._pending = None
-        return self._aligner.refine(live.image(), frame.image, clear, shift)
+        fine = self._aligner.refine(live.image(), frame.image, clear, shift)
+        # The grid can be fooled where the matte calls a moving subject background; the
+        # full-resolution measure has the last word, with the same floor.
+        return fine if fine.length >= _MIN_SHIFT_PX else None
