@@ -20,10 +20,10 @@ How close the crop's alpha is to the whole frame's, and why it is not equal:
 * The margin (32 px by default) is that guard band plus 16 px of context, and the alignment
   adds 0-63 px more per side. Measured in thresholding mode with random weights on the
   benchmark's scenes (720p and 1080p, 10-50% coverage), within 16 px of the subject the crop's
-  alpha differs from the whole frame's by 0.005-0.022/255 on average, at most 1-4/255 at single
-  pixels, with a 64 px margin or 32; at 16 px (no context beyond the guard band) up to 52/255,
-  where the guard band cut into the subject's soft edge. 64 px cost up to a third more
-  crop area at 1080p for no better mean.
+  alpha differs from the whole frame's by 0.005-0.022/255 on average with a 64 px margin or 32
+  (single pixels: at most 1.2/255 and 4.4/255); at 16 px (no context beyond the guard band) up
+  to 52/255, where the guard band cut into the subject's soft edge. 64 px cost up to a third
+  more crop area at 1080p for no better mean.
 * Beyond that the receptive field still reaches past the crop (ASPP's dilations span +-576
   frame px at 1/4 and its pooling branch the whole input); measured < 0.2/255 far from the edge.
 * In sampling mode the refiner picks its top-k error patches among the crop's instead of the
