@@ -17,7 +17,7 @@ import pytest
 from real_clips import clip_path
 from test_capture import Recorder, file_config, pump_until, read_until_end
 
-from edge_matte.capture.opencv_source import open_file
+from edge_matte.capture.opencv_source import Timeline, open_file
 from edge_matte.capture.opener import open_source
 from edge_matte.capture.resilient import ResilientSource
 from edge_matte.errors import SourceEnded, SourceError
@@ -143,3 +143,13 @@ def test_matte_reads_tree_avi_to_its_end(tmp_path: Path) -> None:
         written += 1
     capture.release()
     assert written == 68
+
+
+def test_pacing_falls_back_to_the_nominal_interval_where_stamps_cannot_be_trusted() -> None:
+    timeline = Timeline(declared_frames=100, fps=10.0)
+    stamps_ms = [0.0, 400.0, float("nan"), 800.0, 500.0, 9000.0, 9100.0]
+    delays = [timeline.add(stamp) for stamp in stamps_ms]
+    # first at once; a 0.4 s step kept; no stamp, a step back and a 8.5 s hole: 0.1 s each
+    assert delays == pytest.approx([0.0, 0.4, 0.1, 0.4, 0.1, 0.1, 0.1])
+    timeline.restart()
+    assert timeline.add(0.0) == pytest.approx(0.1)  # a loop's first frame follows the last
