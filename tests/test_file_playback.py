@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from fault_tools import slow
 from real_clips import clip_path
 from test_capture import Recorder, file_config, pump_until, read_until_end
 
@@ -153,3 +154,17 @@ def test_pacing_falls_back_to_the_nominal_interval_where_stamps_cannot_be_truste
     assert delays == pytest.approx([0.0, 0.4, 0.1, 0.4, 0.1, 0.1, 0.1])
     timeline.restart()
     assert timeline.add(0.0) == pytest.approx(0.1)  # a loop's first frame follows the last
+
+
+@slow
+def test_tree_avi_loops_live_without_a_lost_camera() -> None:
+    """The real file, live: one pass takes its 29.6 s, then it must simply start again."""
+    events = Recorder()
+    config = file_config(clip_path("tree.avi"), loop=True)
+    source = ResilientSource(lambda: open_source(config), config, events)
+    try:
+        frames = pump_until(source, lambda got: got and got[-1].index >= 68 + 5, timeout=90)
+    finally:
+        source.close()
+    assert events.kinds() == [] and source.reconnects == 0
+    assert frames[-1].index >= 73
