@@ -27,6 +27,7 @@ from fault_tools import output_url, running, small_config
 from real_clips import clip_path
 from rtsp_tools import read_frames
 from test_capture import Recorder
+from test_file_playback import run_cli
 
 from edge_matte.config import MattingConfig
 from edge_matte.daemon import Daemon
@@ -128,3 +129,18 @@ def test_a_daemon_with_another_rooms_plate_falls_back_and_recovers(tmp_path: Pat
         events.wait_for("plate.usable")
         assert daemon.state()["plate_usable"] is True
         assert_composite(read_frames(url, 3), truth, GREEN)  # the subject over the replacement
+
+
+def test_offline_matte_warns_when_the_plate_does_not_fit(tmp_path: Path) -> None:
+    truth = scene_truth()
+    image, right, wrong = tmp_path / "frame.png", tmp_path / "right.png", tmp_path / "wrong.png"
+    cv2.imwrite(str(image), truth.image)
+    cv2.imwrite(str(right), truth.background)
+    cv2.imwrite(str(wrong), scene_truth(f"{STILL_SCENE}&seed=9").background)
+    warnings = {}
+    for plate in (right, wrong):
+        done = run_cli("matte", "--input", image, "--plate", plate, "--alpha", tmp_path / "a.png")
+        assert done.returncode == 0, done.stderr
+        warnings[plate.stem] = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert warnings["right"] == []
+    assert len(warnings["wrong"]) == 1 and "differs from the plate" in warnings["wrong"][0]

@@ -14,7 +14,7 @@ on vtest.avi with the clip's median as plate, 1-11 % of the cells per frame (ped
 the plate `plate build` made there before issue 15 (0.8 % known, the rest inpainted) 78-82 %,
 with that median shifted by 60,40 px 70-77 %, with a frame flipped upside down 92-95 %; on
 tree.avi's leaves against their median up to 20 %. The
-plate is declared unusable once `_UNUSABLE` of the frame has differed for `_UNUSABLE_HOLD_S`,
+plate is declared unusable once `UNUSABLE` of the frame has differed for `_UNUSABLE_HOLD_S`,
 and usable again once no more than `_USABLE` has for `_USABLE_HOLD_S`. The price: a subject
 covering more than 60 % of the frame for half a second is also shown the until-ready view (the
 classic engine cannot matte such a frame either: it assumes ~30 % of it is background).
@@ -34,7 +34,7 @@ _LOG = logging.getLogger(__name__)
 _CELLS_ACROSS = 64
 _SAMPLE_WIDTH = 320  # pixels sampled across before averaging into cells
 _CELL_LEVELS = 10.0  # a cell's mean colour this far from the plate's (8-bit levels) differs
-_UNUSABLE = 0.6  # fraction of cells differing that makes the plate unusable ...
+UNUSABLE = 0.6  # fraction of cells differing that makes the plate unusable ...
 _UNUSABLE_HOLD_S = 0.5  # ... when it lasts this long
 _USABLE = 0.4  # fraction under which it is usable again ...
 _USABLE_HOLD_S = 1.0  # ... when that lasts this long
@@ -70,7 +70,7 @@ class PlateHealth:
     def check(self, image: np.ndarray, plate: np.ndarray, now: float) -> bool:
         """Whether `plate` may be used to matte `image` (seen at monotonic time `now`)."""
         self.mismatch = mismatch(image, plate)
-        against = self.mismatch >= _UNUSABLE if self.usable else self.mismatch <= _USABLE
+        against = self.mismatch >= UNUSABLE if self.usable else self.mismatch <= _USABLE
         if not against:
             self._since = None
             return self.usable
@@ -90,11 +90,11 @@ class PlateHealth:
             self._emit(Event("plate.usable", message, {**data, "threshold": _USABLE}))
             return
         message = (
-            f"plate unusable: {share} of the frame differs from it (> {_UNUSABLE * 100:.0f} %); "
+            f"plate unusable: {share} of the frame differs from it (> {UNUSABLE * 100:.0f} %); "
             "wrong scene, camera moved or mostly inpainted plate: showing the plate.until_ready "
             "view until it fits again"
         )
         _LOG.warning("%s", message)
         self._emit(
-            Event("plate.unusable", message, {**data, "threshold": _UNUSABLE, "reason": "mismatch"})
+            Event("plate.unusable", message, {**data, "threshold": UNUSABLE, "reason": "mismatch"})
         )
