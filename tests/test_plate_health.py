@@ -1,8 +1,8 @@
 """A bad plate is caught at matte time: an event, the until-ready view, recovery when it fits.
 
-On real footage (vtest.avi, opencv-doc): matted against a mostly inpainted plate, the classic
-engine erases the pedestrians without a word; the check sees the plate does not fit within half
-a second of frames. End to end on the synthetic room: a daemon restoring another room's plate
+On real footage (vtest.avi, opencv-doc): matted against a mostly inpainted plate (like the one
+`plate build` made of it before issue 15) the classic engine erased the pedestrians without a
+word; the check sees within half a second of frames that such a plate does not fit. End to end on the synthetic room: a daemon restoring another room's plate
 says `plate.unusable` and shows viewers the replacement only, then mattes again once the right
 plate is loaded.
 """
@@ -29,9 +29,7 @@ from rtsp_tools import read_frames
 from test_capture import Recorder
 from test_file_playback import run_cli
 
-from edge_matte.config import MattingConfig
 from edge_matte.daemon import Daemon
-from edge_matte.engine.classic import ClassicEngine
 from edge_matte.plate.health import PlateHealth
 from edge_matte.plate.store import PlateFile
 
@@ -83,10 +81,6 @@ def test_a_bad_plate_is_reported_instead_of_erasing_the_pedestrians(street, kind
         if kind == "mostly inpainted"
         else np.roll(median, (40, 60), (0, 1))
     )
-    if kind == "mostly inpainted":  # what happened silently before: every pedestrian gone
-        engine = ClassicEngine(MattingConfig().classic)
-        assert engine.matte(frames[0], median).alpha.mean() > 0.01
-        assert engine.matte(frames[0], bad).alpha.mean() < 0.001
     events = Recorder()
     health = PlateHealth(events)
     verdicts = judge(health, frames[:20], bad)

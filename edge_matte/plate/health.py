@@ -13,11 +13,13 @@ the plate's by more than `_CELL_LEVELS` in some channel. A good plate leaves onl
 on vtest.avi with the clip's median as plate, 1-11 % of the cells per frame (pedestrians); with
 the plate `plate build` made there before issue 15 (0.8 % known, the rest inpainted) 78-82 %,
 with that median shifted by 60,40 px 70-77 %, with a frame flipped upside down 92-95 %; on
-tree.avi's leaves against their median up to 20 %. The
-plate is declared unusable once `UNUSABLE` of the frame has differed for `_UNUSABLE_HOLD_S`,
+tree.avi's leaves against their median up to 20 % (and the hand entering at the end up to 80 %).
+The plate is declared unusable once `UNUSABLE` of the frame has differed for `_UNUSABLE_HOLD_S`,
 and usable again once no more than `_USABLE` has for `_USABLE_HOLD_S`. The price: a subject
 covering more than 60 % of the frame for half a second is also shown the until-ready view (the
 classic engine cannot matte such a frame either: it assumes ~30 % of it is background).
+A plate's own confidence (its known fraction) is not used: a plate inpainted in part may fit
+well, and a fully known one of the wrong scene does not; what the frames show decides.
 """
 
 from __future__ import annotations
