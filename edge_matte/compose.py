@@ -27,6 +27,8 @@ _LOG = logging.getLogger(__name__)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE = (255, 255, 255)
 _BLUR_MIN_WEIGHT = 1e-3  # below this much background nearby, the subject covers the pixel anyway
+_PRIVACY_SIGMA = 1 / 40  # of the frame width: the until-ready blur
+_PRIVACY_FACTOR = 8  # the until-ready blur runs at 1/8 size
 
 
 def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -168,6 +170,15 @@ class Compositor:
         with self._lock:
             return self._state.backdrop.frame(width, height).copy()
 
+    def until_ready(self, image: np.ndarray, view: str) -> np.ndarray:
+        """What viewers see while nothing can be matted (`plate.until_ready`): "replacement"
+        (the background alone), "blur" (the room past recognition) or "room" (as it is)."""
+        if view == "room":
+            return image
+        if view == "blur":
+            return privacy_blur(image)
+        return self.background(image.shape[1], image.shape[0])
+
     def composite(self, image: np.ndarray, matte: Matte) -> np.ndarray:
         """The output frame (a new BGR uint8 array) for `image` and its matte."""
         _check_shapes(image, matte)
@@ -213,6 +224,18 @@ class Compositor:
         """Release the background (a video decoder)."""
         with self._update_lock:
             self._state.backdrop.close()
+
+
+def privacy_blur(image: np.ndarray) -> np.ndarray:
+    """The whole frame blurred so that faces and writing cannot be made out: a Gaussian with
+    sigma 1/40 of the frame width (32 px at 720p, where a face is ~100 px wide), computed at 1/8
+    size (the result is smooth at that scale anyway) and scaled back."""
+    height, width = image.shape[:2]
+    small_size = (max(1, width // _PRIVACY_FACTOR), max(1, height // _PRIVACY_FACTOR))
+    small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+    sigma = width * _PRIVACY_SIGMA / _PRIVACY_FACTOR
+    small = cv2.GaussianBlur(small, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _check_shapes(image: np.ndarray, matte: Matte) -> None:

@@ -206,6 +206,10 @@ class PlateConfig(Section):
     person_veto: bool = Field(
         False, description="Use OpenCV's HOG person detector as a veto on capture"
     )
+    until_ready: Literal["replacement", "blur", "room"] = Field(
+        "replacement",
+        description="What viewers see while no usable plate exists: the replacement background only, the room blurred past recognition, or the room as it is",
+    )
 
 
 class ComposeConfig(Section):

@@ -38,6 +38,7 @@ _LOG = logging.getLogger(__name__)
 
 STAGES = ("capture", "matte", "output")
 LIVE_SECTIONS = {"compose", "mqtt", "log_level"}  # applied without touching the pipeline
+LIVE_FIELDS = {"plate": {"until_ready"}}  # fields of other sections that are applied live too
 FIRST_FRAME_TIMEOUT_S = 120.0
 TRIM_INTERVAL_S = 60.0  # see edge_matte.memory
 
@@ -239,6 +240,7 @@ class Daemon:
             "plate": plate.get("state"),
             "plate_age_s": plate.get("age_s"),
             "plate_frozen": plate.get("frozen"),
+            "plate_usable": pipe.plate_health.usable,
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,
@@ -300,18 +302,15 @@ class Daemon:
                 config_mod.refuse_local_only_changes(old, new)
                 _confine_background(old, new)
             previous_profile = self._profile
-            if changed <= LIVE_SECTIONS:
-                self.pipeline.compositor.update(
-                    new.compose, allow_absolute=trusted
-                )  # MediaError keeps the old
-                logging.getLogger().setLevel(new.log_level)
+            if _live(old, new, changed):
+                self._apply_live(new, trusted)  # MediaError keeps the old
             else:
                 self._restart_pipeline(new, preflight(new))  # ConfigError: nothing stopped
             try:
                 if persist and self._config_path is not None:
                     config_mod.save(new, self._config_path)
             except StorageError as err:
-                self._revert(old, changed, previous_profile)
+                self._revert(old, new, changed, previous_profile)
                 self.bus.emit(
                     Event(
                         "config.save_failed",
@@ -331,9 +330,17 @@ class Daemon:
             )
         )
 
-    def _revert(self, old: Config, changed: set[str], profile: profile_mod.Profile | None) -> None:
-        if changed <= LIVE_SECTIONS:
-            self.pipeline.compositor.update(old.compose, allow_absolute=True)
+    def _apply_live(self, new: Config, trusted: bool) -> None:
+        """Apply settings the running pipeline takes without a restart."""
+        self.pipeline.compositor.update(new.compose, allow_absolute=trusted)
+        self.pipeline.until_ready = new.plate.until_ready
+        logging.getLogger().setLevel(new.log_level)
+
+    def _revert(
+        self, old: Config, new: Config, changed: set[str], profile: profile_mod.Profile | None
+    ) -> None:
+        if _live(old, new, changed):
+            self._apply_live(old, trusted=True)
         else:
             self._restart_pipeline(old, profile)
 
@@ -375,6 +382,21 @@ def _load_profile(config: Config) -> profile_mod.Profile | None:
     if config.calibration is None:
         return None
     return profile_mod.load(config.calibration)
+
+
+def _live(old: Config, new: Config, changed: set[str]) -> bool:
+    """Whether going from `old` to `new` (differing in sections `changed`) needs no restart:
+    only live sections changed, and in other sections only their LIVE_FIELDS."""
+    for section in changed - LIVE_SECTIONS:
+        before, after = getattr(old, section), getattr(new, section)
+        fields = LIVE_FIELDS.get(section, set())
+        if not fields or any(
+            getattr(before, name) != getattr(after, name)
+            for name in type(before).model_fields
+            if name not in fields
+        ):
+            return False
+    return True
 
 
 def _confine_background(old: Config, new: Config) -> None:

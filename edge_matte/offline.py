@@ -21,6 +21,7 @@ from .engine import MattingEngine
 from .errors import MediaError, SourceEnded, SourceError
 from .frames import Frame, Matte
 from .media import is_video, load_image
+from .plate.health import UNUSABLE, mismatch
 
 # -- edge-matte matte ----------------------------------------------------------------------------
 
@@ -62,6 +63,7 @@ def matte_command(args: argparse.Namespace) -> int:
     frames = _read_video(args.input) if is_video(args.input) else iter([load_image(args.input)])
     writers = _Writers(args, video=is_video(args.input))
     plate = None
+    fit = _PlateFit()
     try:
         for index, image in enumerate(frames):
             plate = (
@@ -69,6 +71,7 @@ def matte_command(args: argparse.Namespace) -> int:
                 if plate is not None
                 else _fit_plate(load_image(args.plate), image, args.resize_plate)
             )
+            fit.check(index, image, plate)
             matte = engine.matte(image, plate)
             composite = compositor.composite(image, matte) if compositor else None
             writers.write(matte, composite)
@@ -120,6 +123,26 @@ def _fit_plate(plate: np.ndarray, image: np.ndarray, resize: bool) -> np.ndarray
             "pass --resize-plate to scale it"
         )
     return cv2.resize(plate, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+
+
+class _PlateFit:
+    """Warns once when the plate does not fit the input (the daemon's check, `plate.health`):
+    the engine would erase the subject or keep the room, and offline no other view can be shown."""
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def check(self, index: int, image: np.ndarray, plate: np.ndarray) -> None:
+        if self._warned:
+            return
+        share = mismatch(image, plate)
+        if share >= UNUSABLE:
+            self._warned = True
+            print(
+                f"warning: frame {index}: {share:.0%} of it differs from the plate (> {UNUSABLE:.0%}):"
+                " wrong scene, moved camera or mostly inpainted plate; its matte cannot be trusted",
+                file=sys.stderr,
+            )
 
 
 class UnpacedFile:

@@ -31,6 +31,7 @@ from .errors import EdgeMatteError, EngineError, MediaError, SourceEnded, Source
 from .events import Emit, Event
 from .frames import Frame, Matte
 from .plate import PlateKeeper
+from .plate.health import PlateHealth
 from .profile import Profile
 from .slot import LatestSlot
 from .stats import LatencyWindow, StageStats
@@ -70,6 +71,8 @@ class Pipeline:
         )
         self.engine = on_passing_thread(lambda: EngineChain(config.matting, emit, profile))
         self.compositor = _compositor(config, emit)
+        self.until_ready = config.plate.until_ready  # the daemon changes it live
+        self.plate_health = PlateHealth(emit)
         self.stream = (
             RtspServer(config.stream, src.width, src.height, src.fps)
             if config.stream.enabled
@@ -190,7 +193,8 @@ class Pipeline:
         if plate is None:
             self.plate.observe(frame, None)
             return Result(frame=frame, matte=None)
-        if self.plate.is_idle(frame):
+        usable = self.plate_health.check(frame.image, plate, frame.time)
+        if usable and self.plate.is_idle(frame):
             self.plate.observe(frame, None)
             return Result(frame=frame, matte=None, idle=True)
         started = time.monotonic()
@@ -199,8 +203,10 @@ class Pipeline:
         except EngineError as err:  # the whole chain is exhausted
             raise EdgeMatteError(f"no engine can matte: {err}") from err
         infer_ms = (time.monotonic() - started) * 1000.0
+        # The keeper sees the matte even from an unusable plate: its upkeep and recapture run
+        # as they would otherwise; only viewers are shown the until-ready view instead.
         self.plate.observe(frame, matte)
-        return Result(frame=frame, matte=matte, timings={"infer": infer_ms})
+        return Result(frame=frame, matte=matte if usable else None, timings={"infer": infer_ms})
 
     def _output_loop(self) -> None:
         stats = self.stats["output"]
@@ -231,8 +237,10 @@ class Pipeline:
         matte = result.matte
         if result.idle:
             matte = Matte(np.zeros(image.shape[:2], np.float32), image, "idle")
-        if matte is None:  # no plate yet: show the room as it is while the plate is learnt
-            composite, matte = image, Matte(np.ones(image.shape[:2], np.float32), image, "none")
+        if matte is None:  # no usable plate: what plate.until_ready says viewers see meanwhile
+            composite = self.compositor.until_ready(image, self.until_ready)
+            shown = np.float32(self.until_ready == "room")
+            matte = Matte(np.full(image.shape[:2], shown, np.float32), image, "none")
         elif result.idle and self.compositor.config.mode == "replace":
             composite = self.compositor.background(width, height)  # nobody in view: no blend
         else:
@@ -260,7 +268,11 @@ class Pipeline:
             "rtsp_clients": self.stream.client_count() if self.stream is not None else 0,
             "source_connected": self.source.connected,
             "source_reconnects": self.source.reconnects,
-            "plate": self.plate.stats(),
+            "plate": {
+                **self.plate.stats(),
+                "usable": self.plate_health.usable,
+                "mismatch": round(self.plate_health.mismatch, 3),
+            },
         }
 
 

@@ -36,7 +36,7 @@ def _import_jetson_utils(label: str) -> Any:
 class JetsonGrabber:
     """One jetson-utils videoSource; `grab` returns a BGR copy or None when no frame came."""
 
-    pace_fps: float | None = None  # the camera paces itself
+    pace_s: float | None = None  # the camera paces itself
 
     def __init__(self, uri: str, label: str, width: int, height: int, fps: float) -> None:
         self._utils = _import_jetson_utils(label)

@@ -9,6 +9,7 @@ its credentials masked: it is the only form of the URI that reaches a message or
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,10 @@ _LOG = logging.getLogger(__name__)
 # FFmpeg demuxer options OpenCV reads at each open; TCP survives lossy links and NAT.
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _RTSP_OPTIONS = "rtsp_transport;tcp"
-# A file ending this many frames (or 2 %) short of its header's count is truncated, not finished.
+# A file ending this many frames (or 2 %) short of its header's count and its header's duration
+# is truncated, not finished.
 _TRUNCATION_SLACK = 2
+_MAX_GAP_S = 2.0  # a longer step between frame timestamps is a hole, not a frame to hold
 
 
 def _info(capture: cv2.VideoCapture, label: str, fallback_fps: float) -> SourceInfo:
@@ -48,7 +51,7 @@ def _checked(capture: cv2.VideoCapture, label: str, why: str) -> cv2.VideoCaptur
 class LiveGrabber:
     """A camera (V4L2 or RTSP): a failed read means the device or stream is gone."""
 
-    pace_fps: float | None = None  # a live device paces itself
+    pace_s: float | None = None  # a live device paces itself
 
     def __init__(self, capture: cv2.VideoCapture, label: str, fallback_fps: float) -> None:
         self._capture = capture
@@ -66,7 +69,12 @@ class LiveGrabber:
 
 
 class FileGrabber:
-    """A video file, read at its own frame rate; loops, ends, or reports truncation."""
+    """A video file presented on its own timeline; loops, ends, or reports truncation.
+
+    Headers lie: tree.avi's says 444 frames at 15 fps and the file holds 68 spread over the
+    same 29.6 s. So the end of a file is judged by its frames' presentation times (`Timeline`),
+    and each frame is due when its timestamp says (`pace_s`), not at the header's rate.
+    """
 
     def __init__(
         self, open_capture: Callable[[], cv2.VideoCapture], label: str, loop: bool
@@ -75,37 +83,90 @@ class FileGrabber:
         self._label = label
         self._loop = loop
         self._capture = open_capture()
-        self._expected = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self._read = 0
         self.info = _info(self._capture, label, fallback_fps=30.0)
-        self.pace_fps: float | None = self.info.fps
+        self._timeline = Timeline(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), self.info.fps)
+        self.pace_s: float | None = 0.0
 
     def grab(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if ok and image is not None:
-            self._read += 1
+            self.pace_s = self._timeline.add(self._capture.get(cv2.CAP_PROP_POS_MSEC))
             return image
         self._check_complete()
         if not self._loop:
-            raise SourceEnded(f"{self._label} ended after {self._read} frames")
+            raise SourceEnded(f"{self._label} ended after {self._timeline.frames} frames")
         self._capture.release()
         self._capture = self._open()
-        self._read = 0
+        self._timeline.restart()
         return self.grab()
 
     def _check_complete(self) -> None:
-        """SourceError unless the file delivered (about) the frames its header promises."""
-        if self._read == 0:
+        """SourceError unless the file's frames reached the end its header declares."""
+        if self._timeline.frames == 0:
             raise SourceError(f"{self._label} has no decodable frames (corrupt or empty file)")
-        missing = self._expected - self._read
-        if missing > max(_TRUNCATION_SLACK, 0.02 * self._expected):
-            raise SourceError(
-                f"{self._label} broke off after {self._read} of {self._expected} frames "
-                "(truncated or corrupt file)"
-            )
+        short = self._timeline.shortfall()
+        if short is not None:
+            raise SourceError(f"{self._label} broke off after {short} (truncated or corrupt file)")
 
     def close(self) -> None:
         self._capture.release()
+
+
+class Timeline:
+    """One pass over a file: frames read, their presentation times, and when each is due.
+
+    Pacing rule: a frame is due its timestamp's distance after the previous frame. Where the
+    timestamp is missing, goes backwards or jumps by more than `_MAX_GAP_S` (a hole in the
+    recording, a broken stamp, the first frame of a loop), it is due one nominal interval (the
+    header's rate when plausible, else 30 fps) after the previous one.
+
+    Completeness rule: the file ended where it should when it delivered (about) the frames its
+    header counts, or when its last frame's time reached (about) the header's duration, count /
+    rate: a file whose header over-counts frames but whose timeline is whole is complete; one
+    cut short ends early on both counts.
+    """
+
+    def __init__(self, declared_frames: int, fps: float) -> None:
+        self.declared = declared_frames
+        self.interval_s = 1.0 / fps
+        self.frames = 0
+        self._first = True  # the very first frame is due at once
+        self._last_s: float | None = None
+        self._end_s = 0.0  # latest frame time seen this pass (a decoder may stamp its last 0)
+
+    def add(self, position_ms: float) -> float:
+        """Record a frame at `position_ms`; seconds after the previous frame it is due."""
+        stamp = position_ms / 1000.0 if math.isfinite(position_ms) else None
+        delay = 0.0 if self._first else self.interval_s
+        if (
+            stamp is not None
+            and self._last_s is not None
+            and 0 < stamp - self._last_s <= _MAX_GAP_S
+        ):
+            delay = stamp - self._last_s
+        if stamp is not None:
+            self._last_s = stamp
+            self._end_s = max(self._end_s, stamp)
+        self.frames += 1
+        self._first = False
+        return delay
+
+    def restart(self) -> None:
+        """A new pass (a loop): counts restart; the next frame is due one interval later."""
+        self.frames = 0
+        self._last_s = None
+        self._end_s = 0.0
+
+    def shortfall(self) -> str | None:
+        """Why this pass ended early, or None when it reached the declared end."""
+        missing = self.declared - self.frames
+        if missing <= max(_TRUNCATION_SLACK, 0.02 * self.declared):
+            return None
+        duration = self.declared * self.interval_s
+        reached = self._end_s + self.interval_s
+        if reached >= duration - max(_TRUNCATION_SLACK * self.interval_s, 0.02 * duration):
+            return None
+        return f"{self.frames} of {self.declared} frames, at {reached:.1f} s of {duration:.1f} s"
 
 
 def open_file(path: Path, label: str, loop: bool) -> FileGrabber:

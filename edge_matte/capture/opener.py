@@ -34,7 +34,9 @@ class Grabber(Protocol):
     """One device read at a time; raises SourceEnded / SourceError, None means 'no frame yet'."""
 
     info: SourceInfo
-    pace_fps: float | None  # files are read at this rate; live devices pace themselves
+    # Seconds after the previous frame the one just grabbed is due (files); None: the device
+    # paces itself (cameras).
+    pace_s: float | None
 
     def grab(self) -> np.ndarray | None: ...
 
@@ -86,11 +88,12 @@ class ThreadedSource:
             image = self._grabber.grab()
             if image is None:
                 continue
+            if self._grabber.pace_s is not None:  # a file: hold the frame until it is due
+                due = max(due + self._grabber.pace_s, time.monotonic() - 1.0)
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
             self._publish(Frame(self._resized(image), index, time.monotonic()))
             index += 1
-            if self._grabber.pace_fps:
-                due = max(due + 1.0 / self._grabber.pace_fps, time.monotonic() - 1.0)
-                self._stop.wait(max(0.0, due - time.monotonic()))
 
     def _resized(self, image: np.ndarray) -> np.ndarray:
         if (image.shape[1], image.shape[0]) == self._size:
