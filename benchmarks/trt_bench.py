@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from edge_matte.config import MattingConfig
-from edge_matte.engine.cache import EngineCache
 from edge_matte.engine.torch_engine import TorchEngine
-from edge_matte.engine.trt import ENVIRONMENT_FIELDS, TrtEngine
+from edge_matte.engine.trt import TrtEngine, engine_cache
 from edge_matte.errors import EngineError
 from edge_matte.model import MattingRefine, load_model
 from edge_matte.model.refiner import PATCH
@@ -98,7 +97,7 @@ def _bench_size(name: str, weights: Path, args: argparse.Namespace) -> list[dict
     rows[-1]["frame_ms"] = round(_time(lambda: torch_engine.matte(image, plate), args), 2)
     torch_engine.close()
     try:
-        engine = TrtEngine(config, cache=EngineCache(args.cache_dir, ENVIRONMENT_FIELDS))
+        engine = TrtEngine(config, engine_cache(args.cache_dir))
         base, convs = engine.prepare(height, width)
     except EngineError as err:
         print(f"trt_bench: {name}: TensorRT skipped: {err}", file=sys.stderr)
