@@ -41,9 +41,13 @@ def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> Matting
 
     if not torch.cuda.is_available():
         raise EngineError("torch-cuda: no CUDA device is available")
-    from .torch_engine import TorchEngine
+    from .choose import FastestChoice
+    from .cuda_graph import cuda_variants
 
-    return _with_region(TorchEngine(config, device="cuda"), config)
+    # Region inference and FP16 are each faster on some GPUs and slower on others: each variant
+    # is timed at `prepare`; today's default (FP16 with regions) runs until then.
+    region = (lambda engine: _with_region(engine, config)) if config.region.enabled else None
+    return FastestChoice(cuda_variants(config, region))
 
 
 def _build_torch_cpu(config: MattingConfig, profile: Profile | None) -> MattingEngine:
