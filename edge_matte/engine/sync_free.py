@@ -27,13 +27,7 @@ class SyncFreeRefiner(Refiner):
     @classmethod
     def like(cls, refiner: Refiner) -> SyncFreeRefiner:
         """A SyncFreeRefiner with `refiner`'s settings and (copied) parameters, in its mode."""
-        new = cls(
-            refiner.mode,
-            refiner.sample_pixels,
-            refiner.threshold,
-            refiner.kernel_size,
-            refiner.prevent_oversampling,
-        )
+        new = cls(*refiner.settings())
         new.load_state_dict(refiner.state_dict())
         weight = refiner.conv1.weight
         return new.to(weight.device, weight.dtype).train(refiner.training)
