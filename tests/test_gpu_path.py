@@ -171,3 +171,35 @@ def test_the_cuda_variants_cover_both_precisions_with_and_without_regions(weight
         "fp32",
     ]
     assert list(cuda_variants(config)) == ["fp16", "fp32"]
+
+
+class Recorded:
+    """A stand-in graph capture: replays `fn` and counts; refuses inputs wider than `limit`."""
+
+    made: list[tuple[int, ...]] = []
+
+    def __init__(self, fn, inputs, limit: int = 64) -> None:
+        if inputs[0].shape[-1] > limit:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.fn = fn
+        Recorded.made.append(tuple(inputs[0].shape))
+
+    def replay(self, inputs):
+        return self.fn(*inputs)
+
+
+def test_graphs_are_kept_per_signature_up_to_a_limit_and_a_failed_capture_runs_eagerly(
+    caplog,
+) -> None:
+    Recorded.made = []
+    graph = StaticGraph(
+        lambda x: x * 2, "test", max_graphs=2, capture=Recorded, capturable=lambda inputs: True
+    )
+    for width in (8, 8, 16, 8, 32, 16, 100, 100):
+        x = torch.ones(1, width)
+        assert torch.equal(graph(x), x * 2)
+    # 8 and 16 captured; 8 used again, so 32 evicts 16 (least recently used), which is then
+    # captured again and evicts 8
+    assert Recorded.made == [(1, 8), (1, 16), (1, 32), (1, 16)]
+    assert graph.captured == 2
+    assert caplog.text.count("CUDA graph capture failed") == 1  # width 100, tried once
