@@ -25,7 +25,7 @@ Host <-> device copies that remain on a Jetson, per frame (the pipeline's bounda
    the GPU (`torch.from_numpy(...).to(device)`); the RGB/float conversion and padding run there.
    The capture stage already made that array from jetson-utils' `cudaImage` with one copy
    (`cudaToNumpy` view + RGB->BGR, see `capture/jetson_source.py`).
-2. Upload of the plate, the same way, every frame, although it rarely changes.
+2. Upload of the plate, the same way, only when it changes (an immutable plate's tensor is kept).
 3. Download of alpha: H x W float32 (`.cpu()` in `matte`).
 4. Download of the foreground: H x W x 3 uint8 BGR (`_to_bgr_uint8`).
 Besides these, `nonzero` in patch selection (sampling and thresholding) waits for the GPU to
