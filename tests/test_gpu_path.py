@@ -203,3 +203,14 @@ def test_graphs_are_kept_per_signature_up_to_a_limit_and_a_failed_capture_runs_e
     assert Recorded.made == [(1, 8), (1, 16), (1, 32), (1, 16)]
     assert graph.captured == 2
     assert caplog.text.count("CUDA graph capture failed") == 1  # width 100, tried once
+
+
+def test_a_failure_while_preparing_is_an_engine_error(weights, monkeypatch) -> None:
+    engine = GraphEngine(config_for(weights), "cpu")
+
+    def out_of_memory(src, bgr):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "infer", out_of_memory)
+    with pytest.raises(EngineError, match="failed to prepare 96x64: CUDA out of memory"):
+        engine.prepare(64, 96)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import MattingConfig
+from ..errors import EngineError
 from . import MattingEngine
 from .graphs import StaticGraph
 from .static import FixedCountConvs, default_patch_count
@@ -50,9 +51,12 @@ class GraphEngine(TorchEngine):
     def prepare(self, height: int, width: int) -> None:
         """Capture the graphs for height x width frames now, not on the first frame."""
         padded = self.padded_size(height, width)
-        with torch.inference_mode():
-            blank = torch.zeros((1, 3, *padded), dtype=self.dtype, device=self.device)
-            self.infer(blank, blank.clone())
+        try:
+            with torch.inference_mode():
+                blank = torch.zeros((1, 3, *padded), dtype=self.dtype, device=self.device)
+                self.infer(blank, blank.clone())
+        except RuntimeError as err:  # CUDA out of memory...: the chain falls back
+            raise EngineError(f"{self.name} failed to prepare {width}x{height}: {err}") from err
 
     def infer(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, Tensor]:
         if self._whole is not None:
