@@ -53,8 +53,10 @@ def _is_trt(name: str) -> bool:
 def convert(converter, module: nn.Module, inputs, capfd) -> tuple[standin.Network, str]:
     """Convert with the stand-in; (the network torch2trt built, what it printed)."""
     standin.Builder.networks.clear()
+    tensor_class = dict(vars(torch.Tensor))
     with torch.no_grad(), pytest.raises(EngineError, match="builder returned no engine"):
         converter.convert(module.eval(), inputs)
+    assert dict(vars(torch.Tensor)) == tensor_class  # torch2trt's leftovers removed
     (network,) = standin.Builder.networks
     return network, capfd.readouterr().out
 

@@ -55,6 +55,7 @@ from ..model.checkpoint import weights_digest
 from ..model.model import BaseFn, BaseNetwork, MattingRefine, PatchRefiner
 from ..model.refiner import ConvsFn
 from ..notify import Notifier
+from . import trt_converters
 from .cache import EngineCache
 from .static import (
     FixedCountConvs,
@@ -112,8 +113,6 @@ class Torch2TrtConverter:
         try:
             import tensorrt
             from torch2trt import TRTModule, torch2trt
-
-            from . import trt_converters
         except ImportError as err:
             raise EngineError(
                 f"trt: TensorRT or torch2trt is not installed ({err}); "
@@ -127,13 +126,14 @@ class Torch2TrtConverter:
 
     def convert(self, module: nn.Module, inputs: Sequence[Tensor]) -> nn.Module:
         # Explicit-batch torch2trt (its current master): the inputs' shapes are the engine's only shapes.
-        engine = self._torch2trt(
-            module,
-            list(inputs),
-            fp16_mode=True,
-            max_workspace_size=_WORKSPACE,  # TensorRT < 10; 10 sizes its own memory pools
-            keep_network=False,  # the network definition is only needed while building
-        )
+        with trt_converters.torch_left_as_found():
+            engine = self._torch2trt(
+                module,
+                list(inputs),
+                fp16_mode=True,
+                max_workspace_size=_WORKSPACE,  # TensorRT < 10; 10 sizes its own memory pools
+                keep_network=False,  # the network definition is only needed while building
+            )
         if getattr(engine, "engine", None) is None:  # torch2trt wraps a failed build, too
             raise EngineError("TensorRT's builder returned no engine (its log above says why)")
         return engine

@@ -4,11 +4,21 @@
 `F.relu6` only, so without this `hardtanh` meets its "known unsupported method" placeholder and,
 the ReLU6 being in place, the previous layer's output passes through unclipped: a wrong engine.
 TensorRT's CLIP activation computes hardtanh exactly (alpha = min_val, beta = max_val).
+
+`torch_left_as_found`: while converting, torch2trt replaces torch's methods with recording
+wrappers, and on the way out it puts the originals back as attributes of `torch.Tensor` itself
+(588 of them that `Tensor` only inherited, `__getattribute__` among them). That later aborted
+torch's ONNX exporter in the same process (Fatal Python error in `_create_jit_graph`), which the
+CPU fallback's `torch-cpu+ort` engine uses; the class is restored as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 
 def register() -> None:
@@ -27,3 +37,17 @@ def register() -> None:
         layer.alpha = float(low)
         layer.beta = float(high)
         ctx.method_return._trt = layer.get_output(0)
+
+
+@contextlib.contextmanager
+def torch_left_as_found() -> Iterator[None]:
+    """Undo what a torch2trt conversion leaves on `torch.Tensor` (see the module docstring)."""
+    before = dict(vars(torch.Tensor))
+    try:
+        yield
+    finally:
+        for name in set(vars(torch.Tensor)) - set(before):
+            delattr(torch.Tensor, name)
+        for name, value in before.items():
+            if vars(torch.Tensor).get(name) is not value:
+                setattr(torch.Tensor, name, value)
