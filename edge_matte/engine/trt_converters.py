@@ -7,9 +7,10 @@ TensorRT's CLIP activation computes hardtanh exactly (alpha = min_val, beta = ma
 
 `torch_left_as_found`: while converting, torch2trt replaces torch's methods with recording
 wrappers, and on the way out it puts the originals back as attributes of `torch.Tensor` itself
-(588 of them that `Tensor` only inherited, `__getattribute__` among them). That later aborted
-torch's ONNX exporter in the same process (Fatal Python error in `_create_jit_graph`), which the
-CPU fallback's `torch-cpu+ort` engine uses; the class is restored as it was.
+(588 of them that `Tensor` only inherited, `__getattribute__` among them: every attribute
+lookup on a tensor then goes through a Python-level hook). Nothing here was seen to break
+because of it, but the daemon keeps running torch after a build (and falls back to other torch
+engines after a failed one), so the class is restored exactly as it was.
 """
 
 from __future__ import annotations
