@@ -9,7 +9,10 @@ patches), 4K at 1/8 with 320,000. For each size and variant it times, with the G
 `base` (the base network on its input), `refiner` (the refiner's convolutions on every sampled
 patch: one fixed-count engine call for TensorRT), `model` (the whole forward pass on tensors
 already on the GPU) and `frame` (numpy BGR in, Matte out: adds the uploads and downloads listed
-in `edge_matte/engine/trt.py`). It also reports each variant's alpha error against torch FP32
+in `edge_matte/engine/trt.py`). The row "edge-matte torch-cuda..." is the deployed engine without
+TensorRT (CUDA graphs, sync-free patch selection, the fastest of FP16/FP32 with and without
+region inference); `vs_official_fp32_model` is its frame time over the official-style eager
+FP32 model on GPU tensors (`torch-fp32`'s model_ms, same run; the target is <= 1/3). It also reports each variant's alpha error against torch FP32
 (mean and max abs) on a synthetic frame. Without --weights it uses seeded random weights, which
 time the same but make the error figures meaningless. torch2trt missing: the TensorRT rows are
 skipped with the reason; no CUDA: nothing to measure, exit 2.
@@ -30,9 +33,9 @@ import numpy as np
 import torch
 
 from edge_matte.config import MattingConfig
-from edge_matte.engine.cache import EngineCache
+from edge_matte.engine.select import BUILDERS
 from edge_matte.engine.torch_engine import TorchEngine
-from edge_matte.engine.trt import ENVIRONMENT_FIELDS, TrtEngine
+from edge_matte.engine.trt import TrtEngine, engine_cache
 from edge_matte.errors import EngineError
 from edge_matte.model import MattingRefine, load_model
 from edge_matte.model.refiner import PATCH
@@ -97,8 +100,11 @@ def _bench_size(name: str, weights: Path, args: argparse.Namespace) -> list[dict
     torch_engine = TorchEngine.from_model(fp16, "cuda")
     rows[-1]["frame_ms"] = round(_time(lambda: torch_engine.matte(image, plate), args), 2)
     torch_engine.close()
+    rows.append(
+        _torch_cuda_row(name, config, height, width, image, plate, reference, rows[0], args)
+    )
     try:
-        engine = TrtEngine(config, cache=EngineCache(args.cache_dir, ENVIRONMENT_FIELDS))
+        engine = TrtEngine(config, engine_cache(args.cache_dir))
         base, convs = engine.prepare(height, width)
     except EngineError as err:
         print(f"trt_bench: {name}: TensorRT skipped: {err}", file=sys.stderr)
@@ -110,6 +116,37 @@ def _bench_size(name: str, weights: Path, args: argparse.Namespace) -> list[dict
     rows.append(_row(name, engine.name, figures, alpha, reference))
     engine.close()
     return rows
+
+
+def _torch_cuda_row(
+    size: str,
+    config: MattingConfig,
+    height: int,
+    width: int,
+    image,
+    plate,
+    reference,
+    official,
+    args,
+) -> dict:
+    """The deployed torch-cuda engine without TensorRT (CUDA graphs, sync-free selection, the
+    fastest of FP16/FP32 with and without regions, as `select` builds it), numpy frame in and
+    out, against the official-style eager FP32 model on tensors already on the GPU."""
+    engine = BUILDERS["torch-cuda"](config, None)  # what the daemon runs without TensorRT
+    engine.prepare(height, width)
+    frame = _time(lambda: engine.matte(image, plate), args)
+    row = _row(
+        size,
+        f"edge-matte {engine.name}",
+        {"frame": frame},
+        engine.matte(image, plate).alpha,
+        reference,
+    )
+    row["vs_official_fp32_model"] = round(frame / official["model_ms"], 3)  # target <= 1/3
+    timings = getattr(engine, "timings", {})  # FastestChoice: every variant it timed
+    row["variant_ms"] = {name: round(s * 1e3, 2) for name, s in timings.items()}
+    engine.close()
+    return row
 
 
 def _time_model(model: MattingRefine, base, convs, height: int, width: int, args) -> dict:
@@ -198,13 +235,24 @@ def _tensorrt_version() -> str | None:
 def _print_table(report: dict) -> None:
     print(f"GPU: {report['gpu']}; torch {report['torch']}; TensorRT {report['tensorrt']}")
     print(f"weights: {report['weights']}")
-    columns = ["size", "variant", "base_ms", "refiner_ms", "model_ms", "frame_ms"]
+    columns = [
+        "size",
+        "variant",
+        "base_ms",
+        "refiner_ms",
+        "model_ms",
+        "frame_ms",
+        "vs_official_fp32_model",
+    ]
     print("| " + " | ".join(columns + ["alpha err mean / max"]) + " |")
     print("|" + "---|" * (len(columns) + 1))
     for row in report["rows"]:
         cells = [str(row.get(column, "-")) for column in columns]
         error = f"{row['alpha_mean_abs_error']:.1e} / {row['alpha_max_abs_error']:.1e}"
         print("| " + " | ".join(cells + [error]) + " |")
+    for row in report["rows"]:
+        if "variant_ms" in row:
+            print(f"{row['size']}: torch-cuda variants timed at prepare (ms): {row['variant_ms']}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, EdgeMatteError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -25,10 +29,20 @@ def _run(args: argparse.Namespace) -> int:
     memory.tune_malloc()  # before any thread starts
     cfg = config_mod.load(args.config)
     logging.getLogger().setLevel(cfg.log_level)
+    if args.rebuild:
+        _forget_engine_failures(cfg)
     daemon = Daemon(cfg, args.config)
     for url in daemon.urls():
         print(f"edge-matte: open {url} in VLC or ffplay", flush=True)
     return daemon.run()
+
+
+def _forget_engine_failures(cfg: Config) -> None:
+    """`run --rebuild`: build again the TensorRT engines whose build failed before."""
+    from .engine.cache import EngineCache
+
+    forgotten = EngineCache(cfg.resolved_cache_dir() / "engines").forget_failures()
+    logging.getLogger(__name__).info("forgot %d failed engine build(s)", forgotten)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -94,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon (camera -> matte -> composite -> RTSP)")
     run.add_argument(
         "--config", type=Path, default=None, help="YAML config file (default: built-in defaults)"
+    )
+    run.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build again the TensorRT engines whose build failed before (failures are remembered)",
     )
     run.set_defaults(func=_run)
 

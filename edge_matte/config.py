@@ -52,6 +52,18 @@ def _read_secret_file(path: Path) -> str:
         raise ConfigError(f"cannot read secret file {path}: {err.strerror}") from err
 
 
+FlipMethod = Literal[
+    "none",
+    "counterclockwise",
+    "rotate-180",
+    "clockwise",
+    "horizontal-flip",
+    "upper-right-diagonal",
+    "vertical-flip",
+    "upper-left-diagonal",
+]  # jetson-utils' videoOptions::FlipMethod names
+
+
 class SourceConfig(Section):
     uri: str = Field(
         "test://",
@@ -73,6 +85,10 @@ class SourceConfig(Section):
     )
     reconnect_max_s: float = Field(
         10.0, gt=0, le=600, description="Longest retry delay (exponential backoff)"
+    )
+    flip: FlipMethod | None = Field(
+        None,
+        description="jetson-utils sources (csi://, v4l2:// on a Jetson): its --input-flip; None = its default, which on JetPack 5/6 rotates csi:// 180 degrees (it swaps none and rotate-180 there)",
     )
 
     @model_validator(mode="after")

@@ -97,12 +97,22 @@ def install(
     start: bool = True,
     user: str = "edge-matte",
     source_dir: Path | None = None,
+    code_dir: Path | None = None,
 ) -> list[str]:
-    """Install (or bring up to date) the service under `root`; return what was done, line by line."""
+    """Install (or bring up to date) the service under `root`; return what was done, line by line.
+
+    `code_dir` is where the service's Python imports edge_matte from: on the board (`root` /)
+    by default this running package, whose checkout an editable install points at; with another
+    root it is unknown unless given. ConfigError, before anything changes, when the executable,
+    its interpreter or the code lie where the unit cannot read them.
+    """
     tree = Tree(root)
     source = source_dir or shipped_dir()
     exec_path = exec_path or default_exec_path()
+    if code_dir is None and tree.live:
+        code_dir = Path(__file__).resolve().parent
     _check_install(tree, exec_path)
+    _check_readable(tree, exec_path, code_dir)
     actions = _warnings(tree, exec_path)
     actions.append(_ensure_file(tree(SYSUSERS_FILE), _sysusers(source, user), 0o644, Owner(0, 0)))
     actions.append(_ensure_user(tree, user))
@@ -235,14 +245,48 @@ def _check_install(tree: Tree, exec_path: Path) -> None:
         config_mod.load(existing)
 
 
+def _check_readable(tree: Tree, exec_path: Path, code_dir: Path | None) -> None:
+    """Refuse an install the unit could not run: ProtectHome=yes hides these from the service."""
+    needed = {"executable": exec_path, "its interpreter": _interpreter(tree, exec_path)}
+    if tree.live and exec_path.exists():
+        needed["executable (resolved)"] = exec_path.resolve()
+    if code_dir is not None:
+        needed["the edge_matte code"] = code_dir
+    hidden = [f"{what} {path}" for what, path in needed.items() if path and _hidden_home(path)]
+    if hidden:
+        raise ConfigError(
+            f"the service cannot read {', '.join(hidden)}: ProtectHome=yes hides "
+            f"{', '.join(_HIDDEN_HOMES)}. Install edge-matte outside them, e.g. "
+            "`sudo python3 -m venv --system-site-packages /opt/edge-matte && "
+            "sudo /opt/edge-matte/bin/pip install '.[rtsp]'` (not -e), then "
+            "`sudo /opt/edge-matte/bin/edge-matte install-service`"
+        )
+
+
+_HIDDEN_HOMES = ("/home", "/root", "/run/user")
+
+
+def _hidden_home(path: Path) -> bool:
+    return any(path == Path(home) or Path(home) in path.parents for home in _HIDDEN_HOMES)
+
+
+def _interpreter(tree: Tree, exec_path: Path) -> Path | None:
+    """The interpreter in the executable's `#!` line (a venv's python), if it has one."""
+    try:
+        with tree(str(exec_path)).open("rb") as script:
+            first = script.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return Path(words[0]) if words else None
+
+
 def _warnings(tree: Tree, exec_path: Path) -> list[str]:
     warnings = []
     if not tree.live and not tree(str(exec_path)).exists():
         warnings.append(f"warning: {exec_path} does not exist under {tree.root}")
-    if exec_path.parts[1:2] in (("home",), ("root",)):
-        warnings.append(
-            f"warning: {exec_path} is under a home directory, which the service cannot read (ProtectHome=yes): install edge-matte under /opt or /usr/local"
-        )
     return warnings
 
 

@@ -98,18 +98,29 @@ class Notifier:
         return True
 
     @contextlib.contextmanager
-    def extending(self, seconds: float) -> Iterator[None]:
-        """Keep extending the start timeout by `seconds` while the block runs (TensorRT builds)."""
+    def extending(self, seconds: float, limit_s: float | None = None) -> Iterator[None]:
+        """Keep systemd waiting while the block runs (a TensorRT build of minutes).
+
+        EXTEND_TIMEOUT_USEC extends only the start/stop timers (systemd 249, Ubuntu 22.04), so
+        where a watchdog is set the same thread also pings WATCHDOG=1 at its interval: the
+        block is on the way to frames, not hung. After `limit_s` the thread stops, so a build
+        that hangs still ends in systemd's timeout or watchdog.
+        """
         if not self.enabled:
             yield
             return
         done = threading.Event()
+        period = min(seconds / 2, self.watchdog_interval or seconds / 2)
+        deadline = time.monotonic() + (limit_s if limit_s is not None else float("inf"))
 
         def extend() -> None:
-            while True:
+            while time.monotonic() < deadline:
                 self.extend_timeout(seconds)
-                if done.wait(seconds / 2):
+                if self.watchdog_interval is not None:
+                    self.watchdog()
+                if done.wait(period):
                     return
+            _LOG.error("still busy after %.0f s: no longer keeping systemd waiting", limit_s)
 
         thread = threading.Thread(target=extend, name="notify-extend", daemon=True)
         thread.start()

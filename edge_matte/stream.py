@@ -72,7 +72,8 @@ def encoder_chain(config: StreamConfig, gst: Any) -> str:
         return (
             "nvvidconv ! video/x-raw(memory:NVMM),format=I420"
             f" ! nvv4l2h264enc insert-sps-pps=1 idrinterval={key} iframeinterval={key}"
-            f" bitrate={config.bitrate_kbps * 1000}{parse}"
+            # maxperf-enable: NVENC at its highest clocks, as jetson-utils' gstEncoder sets it
+            f" bitrate={config.bitrate_kbps * 1000} maxperf-enable=1{parse}"
         )
     if not _has_element(gst, "x264enc"):
         raise EdgeMatteError(

@@ -218,3 +218,26 @@ def test_failed_save_is_reported_not_raised(tmp_path: Path, caplog) -> None:
         assert cache.save(FIELDS, engine_state()) is False
     assert any("not cached" in r.getMessage() for r in caplog.records)
     assert cache.load(FIELDS) is None
+
+
+def test_a_failed_build_is_remembered_per_key_until_forgotten(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    assert cache.failure(FIELDS) is None
+    assert cache.remember_failure(FIELDS, "TensorRT's builder returned no engine")
+    assert cache.failure(FIELDS) == "TensorRT's builder returned no engine"
+    assert cache.failure({**FIELDS, "backend": CHANGED["backend"]}) is None
+    cache.save(FIELDS, engine_state())  # a later successful build clears it
+    assert cache.failure(FIELDS) is None
+    cache.remember_failure(CHANGED, "out of memory")
+    assert cache.forget_failures() == 1 and cache.failure(CHANGED) is None
+
+
+def test_run_rebuild_forgets_failed_builds(tmp_path: Path) -> None:
+    from edge_matte import cli
+    from edge_matte.config import Config, MattingConfig
+
+    config = Config(matting=MattingConfig(cache_dir=tmp_path))
+    EngineCache(tmp_path / "engines").remember_failure(FIELDS, "no engine")
+    assert cli.build_parser().parse_args(["run", "--rebuild"]).rebuild
+    cli._forget_engine_failures(config)
+    assert EngineCache(tmp_path / "engines").failure(FIELDS) is None

@@ -254,7 +254,49 @@ def test_command_line(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not (root / "etc/edge-matte").exists()
 
 
-def test_an_executable_the_service_cannot_reach_is_warned_about(root: Path) -> None:
-    actions = install.install(root, exec_path=Path("/home/ubuntu/venv/bin/edge-matte"))
+def test_an_executable_outside_the_root_is_warned_about(root: Path) -> None:
+    actions = install.install(root, exec_path=Path("/opt/edge-matte/bin/edge-matte"))
     assert any("does not exist under" in line for line in actions)
-    assert any("ProtectHome=yes" in line for line in actions)
+
+
+def _script(root: Path, path: str, shebang: str) -> Path:
+    script = root / path.lstrip("/")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(f"#!{shebang}\nfrom edge_matte.cli import main\n")
+    script.chmod(0o755)
+    return Path(path)
+
+
+@pytest.mark.parametrize(
+    "exec_path, shebang, code_dir, named",
+    [
+        ("/home/ubuntu/edge-matte/.venv/bin/edge-matte", "/usr/bin/python3", None, "executable"),
+        ("/root/venv/bin/edge-matte", "/root/venv/bin/python3", None, "executable"),
+        ("/opt/edge-matte/bin/edge-matte", "/home/ubuntu/venv/bin/python3", None, "interpreter"),
+        (  # a venv under /opt with an editable install of a checkout in a home directory
+            "/opt/edge-matte/bin/edge-matte",
+            "/opt/edge-matte/bin/python3",
+            "/home/ubuntu/edge-matte/edge_matte",
+            "code",
+        ),
+    ],
+)
+def test_an_install_the_service_cannot_read_is_refused_before_anything_changes(
+    root: Path, exec_path: str, shebang: str, code_dir: str | None, named: str
+) -> None:
+    before = _snapshot(root)
+    path = _script(root, exec_path, shebang)
+    with pytest.raises(ConfigError, match=f"cannot read .*{named}.*ProtectHome=yes"):
+        install.install(
+            root, exec_path=path, start=False, code_dir=Path(code_dir) if code_dir else None
+        )
+    assert {k: v for k, v in _snapshot(root).items() if k in before} == before
+    assert not (root / "etc/systemd").exists() and not (root / "etc/passwd").exists()
+
+
+def test_an_install_under_opt_is_accepted(root: Path) -> None:
+    path = _script(root, "/opt/edge-matte/bin/edge-matte", "/opt/edge-matte/bin/python3")
+    code = Path("/opt/edge-matte/lib/python3.10/site-packages/edge_matte")
+    actions = install.install(root, exec_path=path, start=False, code_dir=code)
+    assert f"ExecStart={path} run" in (root / "etc/systemd/system/edge-matte.service").read_text()
+    assert not any(line.startswith("warning") for line in actions)

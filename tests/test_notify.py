@@ -160,6 +160,15 @@ def test_extending_keeps_sending_until_the_block_ends(
     assert listener.quiet_for("EXTEND_TIMEOUT_USEC", window=0.5, deadline=time.monotonic() + WAIT_S)
 
 
+def test_a_build_that_outlasts_its_limit_stops_keeping_systemd_waiting(listener: Listener) -> None:
+    """A hung build must still end in systemd's watchdog: the keep-alives stop after the limit."""
+    notifier = Notifier(listener.address, watchdog_usec=100_000)
+    with notifier.extending(0.2, limit_s=0.3):
+        assert listener.receive_until("WATCHDOG")["WATCHDOG"] == "1"
+        assert listener.quiet_for("WATCHDOG", window=0.5, deadline=time.monotonic() + WAIT_S)
+    notifier.close()
+
+
 class FakeClock:
     """A hand-driven monotonic clock, so stall limits are checked without waiting."""
 

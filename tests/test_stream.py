@@ -216,3 +216,26 @@ def test_nvv4l2_encoder_requested_where_it_does_not_exist() -> None:
     with pytest.raises(EdgeMatteError, match="nvv4l2h264enc"):
         encoder_chain(StreamConfig(encoder="nvv4l2"), gst)
     assert "x264enc" in encoder_chain(StreamConfig(encoder="auto"), gst)
+
+
+class JetsonGst:
+    """A Jetson's GStreamer registry as encoder_chain asks it: which elements exist."""
+
+    def __init__(self, *elements: str) -> None:
+        names = set(elements)
+
+        class ElementFactory:
+            @staticmethod
+            def find(name: str):
+                return name if name in names else None
+
+        self.ElementFactory = ElementFactory
+
+
+def test_the_jetson_encoder_runs_at_full_clocks_as_jetson_utils_sets_it() -> None:
+    """jetson-utils' gstEncoder adds maxperf-enable=1 to nvv4l2h264enc (cpp/codec/gstEncoder.cpp)."""
+    gst = JetsonGst("nvv4l2h264enc", "nvvidconv", "h264parse", "x264enc")
+    chain = encoder_chain(StreamConfig(encoder="nvv4l2", keyframe_interval=30), gst)
+    encoder = next(part for part in chain.split(" ! ") if part.startswith("nvv4l2h264enc"))
+    assert set(encoder.split()[1:]) >= {"maxperf-enable=1", "insert-sps-pps=1", "idrinterval=30"}
+    assert "maxperf" not in encoder_chain(StreamConfig(encoder="x264"), gst)

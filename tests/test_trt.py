@@ -12,12 +12,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from model_builders import random_model
+from test_notify import WAIT_S, Listener
 from torch import nn
 from trt_tools import StandInConverter, scene
 
@@ -91,9 +94,9 @@ def assert_same_matte(got, want) -> None:
 
 
 @pytest.mark.skipif(HAVE_CUDA and HAVE_TORCH2TRT, reason="torch2trt is available here")
-def test_default_converter_says_what_is_missing(weights) -> None:
+def test_default_converter_says_what_is_missing(weights, tmp_path) -> None:
     with pytest.raises(EngineError, match="trt: .*(CUDA|torch2trt)"):
-        TrtEngine(config_for(weights))
+        TrtEngine(config_for(weights), EngineCache(tmp_path))
     with pytest.raises(EngineError, match="trt: "):
         Torch2TrtConverter()
 
@@ -240,7 +243,7 @@ def test_a_failing_conversion_is_an_engine_error_naming_the_piece(weights, tmp_p
     image, plate = scene()
     with pytest.raises(EngineError, match="'base' engine failed: no converter for aten::unfold"):
         engine.matte(image, plate)
-    assert list(tmp_path.glob("*")) == []
+    assert [path.suffix for path in tmp_path.glob("*")] == [".failed"]  # no engine, a record
 
 
 def test_a_conversion_that_computes_something_else_is_refused_and_not_cached(
@@ -249,7 +252,61 @@ def test_a_conversion_that_computes_something_else_is_refused_and_not_cached(
     engine = engine_for(weights, tmp_path, HalvingConverter())
     with pytest.raises(EngineError, match="'base' engine disagrees with torch: max abs error"):
         engine.prepare(64, 96)
-    assert list(tmp_path.glob("*")) == []
+    assert [path.suffix for path in tmp_path.glob("*")] == [".failed"]
+
+
+class BakingConverter(StandInConverter):
+    """What torch2trt makes of an op it cannot convert: its output on the build's example inputs
+    baked in as a constant. Right on those inputs, wrong on any other."""
+
+    def convert(self, module: nn.Module, inputs) -> nn.Module:
+        engine = super().convert(module, inputs)
+        return Baked(engine, module(*inputs).detach().clone())
+
+
+class Baked(nn.Module):
+    def __init__(self, inner: nn.Module, constant: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("constant", constant)
+
+    def forward(self, *inputs):
+        self.inner(*inputs)  # still refuses other shapes
+        return self.constant
+
+
+def test_the_agreement_check_runs_on_fresh_inputs_not_the_build_examples(weights, tmp_path) -> None:
+    engine = engine_for(weights, tmp_path, BakingConverter())
+    with pytest.raises(EngineError, match="'base' engine disagrees with torch: max abs error"):
+        engine.prepare(64, 96)
+    assert not list(tmp_path.glob("*.engine"))
+
+
+class CountingFailure(StandInConverter):
+    """A build that fails every time (TensorRT finding no tactic), counted."""
+
+    def convert(self, module, inputs):
+        self.converted.append(type(module).__name__)
+        raise RuntimeError("no implementation obeys the type constraints")
+
+
+def test_a_failed_build_is_remembered_until_the_backend_or_rebuild_changes_it(
+    weights, tmp_path
+) -> None:
+    first, again = CountingFailure(), CountingFailure()
+    for converter in (first, again):
+        with pytest.raises(EngineError, match="'base' engine"):
+            engine_for(weights, tmp_path, converter).prepare(64, 96)
+    assert (first.converted, again.converted) == (["BaseNetwork"], [])
+    with pytest.raises(EngineError, match="failed to build before .*no implementation obeys"):
+        engine_for(weights, tmp_path, CountingFailure()).prepare(64, 96)
+    upgraded = StandInConverter("standin-2")  # a new TensorRT: a new key, built again
+    engine_for(weights, tmp_path, upgraded).prepare(64, 96)
+    assert upgraded.converted == ["BaseNetwork", "PatchRefiner"]
+    assert EngineCache(tmp_path).forget_failures() == 1
+    fixed = StandInConverter()
+    engine_for(weights, tmp_path, fixed).prepare(64, 96)
+    assert fixed.converted == ["BaseNetwork", "PatchRefiner"]
 
 
 def test_a_runtime_failure_of_an_engine_is_an_engine_error(weights, tmp_path) -> None:
@@ -287,13 +344,57 @@ def test_building_extends_the_start_timeout_and_reports_progress(weights, tmp_pa
     assert [s.split("'")[1] for s in statuses] == ["base", "refiner-patches"]
 
 
+class GatedConverter(StandInConverter):
+    """A build that lasts until the test releases it (a TensorRT build of minutes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def convert(self, module, inputs):
+        self.started.set()
+        self.release.wait(WAIT_S)
+        return super().convert(module, inputs)
+
+
+def test_the_watchdog_is_kept_alive_while_an_engine_builds(weights, tmp_path) -> None:
+    """EXTEND_TIMEOUT_USEC does not extend WatchdogSec (systemd 249): WATCHDOG=1 must keep coming."""
+    address = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        listener = Listener(sock, str(address))
+        notifier = Notifier(str(address), watchdog_usec=200_000)  # WatchdogSec=0.2 s
+        converter = GatedConverter()
+        engine = TrtEngine(config_for(weights), EngineCache(tmp_path), converter, notifier=notifier)
+        build = threading.Thread(target=engine.prepare, args=(64, 96))
+        build.start()
+        try:
+            assert converter.started.wait(WAIT_S)
+            drain(sock)  # only pings sent while the build runs count
+            pings = [listener.receive_until("WATCHDOG") for _ in range(3)]
+        finally:
+            converter.release.set()
+            build.join()
+        assert all(ping["WATCHDOG"] == "1" for ping in pings)
+        assert listener.quiet_for("WATCHDOG", window=0.5, deadline=time.monotonic() + WAIT_S)
+
+
+def drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(4096)
+    except BlockingIOError:
+        pass
+
+
 def test_invalid_uses_are_refused(weights, tmp_path) -> None:
     with pytest.raises(ValueError, match="patch count"):
         engine_for(weights, tmp_path, patch_count=0)
-    with pytest.raises(TypeError, match="TrtEngine\\(config\\)"):
+    with pytest.raises(TypeError, match="TrtEngine\\(config, cache\\)"):
         TrtEngine.from_model(random_model(0))
     with pytest.raises(EngineError, match="no weights"):
-        TrtEngine(MattingConfig(), converter=StandInConverter())
+        TrtEngine(MattingConfig(), EngineCache(tmp_path), converter=StandInConverter())
 
 
 # -- on a GPU with TensorRT (a Jetson): real torch2trt FP16 engines --------------------------------

@@ -8,7 +8,6 @@ slower than the camera never sees stale buffered frames (the skipped ones are co
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -23,6 +22,7 @@ from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from ..frames import Frame, SourceInfo
 from . import FrameSource
+from .jetson_source import JetsonGrabber, jetson_utils_usable
 from .opencv_source import open_file, open_rtsp, open_v4l2
 
 _LOG = logging.getLogger(__name__)
@@ -139,19 +139,13 @@ class ThreadedSource:
                 _LOG.warning("reader for %s still blocked in a read; it exits after", self.info.uri)
 
 
-def _jetson_utils_present() -> bool:
-    return importlib.util.find_spec("jetson_utils") is not None
-
-
 def _open_grabber(config: SourceConfig, label: str) -> Grabber:
     parts = urlsplit(config.uri)
     scheme = parts.scheme
     path = unquote(parts.netloc + parts.path)
     size = (config.width, config.height, config.fps)
-    if scheme == "csi" or (scheme == "v4l2" and _jetson_utils_present()):
-        from .jetson_source import JetsonGrabber
-
-        return JetsonGrabber(config.uri, label, *size)
+    if scheme == "csi" or (scheme == "v4l2" and jetson_utils_usable()):
+        return JetsonGrabber(config.uri, label, *size, flip=config.flip)
     if scheme == "v4l2":
         return open_v4l2(path, label, *size)
     if scheme == "file":

@@ -8,6 +8,11 @@ manifest last, so an entry is complete or absent. Loading is never fatal: a miss
 miss, and a stale or corrupt one is logged and reported as a miss, so the caller rebuilds and
 `save` replaces it.
 
+A build that failed is remembered as `<key>.failed` (the fields and the reason), so a restart
+does not spend minutes repeating a build that cannot succeed: a change of weights, shapes,
+TensorRT version or GPU is a new key, and `forget_failures` (`edge-matte run --rebuild`) clears
+them all.
+
 State dicts are stored with `torch.save` and read back with `weights_only=True` (no code runs
 on load). TRTModule keeps its serialized engine as a `bytearray`, which older torch refuses
 under `weights_only`, so top-level bytes values travel as uint8 tensors and are turned back.
@@ -100,8 +105,49 @@ class EngineCache:
             _LOG.warning("engine not cached, it will be rebuilt at the next start: %s", err)
             return False
         _LOG.info("cached engine %s (%d bytes)", blob_path, len(data))
+        self._failure_path(fields).unlink(missing_ok=True)
         self._remove_superseded(fields, keep=manifest_path)
         return True
+
+    def failure(self, fields: Fields) -> str | None:
+        """Why the build for `fields` failed before, or None when it never failed (or is forgotten)."""
+        path = self._failure_path(fields)
+        try:
+            record = _read_manifest(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, _Unusable) as err:
+            _LOG.warning("failure record %s unreadable (%s); building again", path, err)
+            return None
+        if record.get("fields") != _normal(fields):
+            return None
+        return str(record.get("reason", "unknown"))
+
+    def remember_failure(self, fields: Fields, reason: str) -> bool:
+        """Record that building `fields` failed; False (logged) if it could not be written."""
+        record = {
+            "fields": _normal(fields),
+            "reason": reason,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        try:
+            atomic.write_text(
+                self._failure_path(fields), json.dumps(record, indent=2, sort_keys=True)
+            )
+        except StorageError as err:
+            _LOG.warning("engine build failure not recorded, it will be retried: %s", err)
+            return False
+        return True
+
+    def forget_failures(self) -> int:
+        """Forget every recorded build failure (the next start builds again); how many there were."""
+        failed = list(self.directory.glob("*.failed"))
+        for path in failed:
+            path.unlink(missing_ok=True)
+        return len(failed)
+
+    def _failure_path(self, fields: Fields) -> Path:
+        return self.directory / f"{cache_key(fields)}.failed"
 
     def _remove_superseded(self, fields: Fields, keep: Path) -> None:
         """Remove entries equal to `fields` except in environment fields (built for another machine)."""

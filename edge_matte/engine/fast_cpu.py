@@ -90,13 +90,7 @@ class WindowRefiner(Refiner):
         """A WindowRefiner with `refiner`'s settings and (copied) parameters, for inference:
         in eval mode, BatchNorm folded (`_full_resolution` convolves per output parity, which
         needs each channel's affine map inside the convolution)."""
-        new = cls(
-            refiner.mode,
-            refiner.sample_pixels,
-            refiner.threshold,
-            refiner.kernel_size,
-            refiner.prevent_oversampling,
-        )
+        new = cls(*refiner.settings())
         new.load_state_dict(refiner.state_dict())
         new = new.to(refiner.conv1.weight.device, refiner.conv1.weight.dtype).eval()
         fold_batchnorm(new)

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..config import MattingConfig
+from ..config import Config, MattingConfig
 from ..errors import CheckpointError, EngineError
 from ..events import Emit, Event
 from ..frames import Matte
+from ..notify import Notifier
 from ..profile import Profile
 from . import MattingEngine
 
@@ -28,10 +29,11 @@ Builder = Callable[[MattingConfig, "Profile | None"], MattingEngine]
 
 def _build_trt(config: MattingConfig, profile: Profile | None) -> MattingEngine:
     try:
-        from .trt import TrtEngine  # torch2trt exists only on Jetsons
+        from .trt import TrtEngine, engine_cache  # torch2trt exists only on Jetsons
     except ImportError as err:
         raise EngineError(f"trt: not available here ({err})") from err
-    return TrtEngine(config)
+    cache = engine_cache(Config(matting=config).resolved_cache_dir() / "engines")
+    return TrtEngine(config, cache, notifier=Notifier.from_env())
 
 
 def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> MattingEngine:
@@ -39,9 +41,13 @@ def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> Matting
 
     if not torch.cuda.is_available():
         raise EngineError("torch-cuda: no CUDA device is available")
-    from .torch_engine import TorchEngine
+    from .choose import FastestChoice
+    from .cuda_graph import cuda_variants
 
-    return _with_region(TorchEngine(config, device="cuda"), config)
+    # Region inference and FP16 are each faster on some GPUs and slower on others: each variant
+    # is timed at `prepare`; today's default (FP16 with regions) runs until then.
+    region = (lambda engine: _with_region(engine, config)) if config.region.enabled else None
+    return FastestChoice(cuda_variants(config, region))
 
 
 def _build_torch_cpu(config: MattingConfig, profile: Profile | None) -> MattingEngine:

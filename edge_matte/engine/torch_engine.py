@@ -33,12 +33,15 @@ class TorchEngine:
         config: the matting section; `weights` names the checkpoint, the refine settings and
             `threads` (0 = torch's default) apply.
         device: "cpu", "cuda" or "cuda:N".
+        dtype: default FP32 on the CPU, FP16 on CUDA.
 
     Raises CheckpointError for weights that do not load, EngineError when there are no weights
     or the device cannot be used. `TorchEngine.from_model` wraps a model already in memory.
     """
 
-    def __init__(self, config: MattingConfig, device: str = "cpu") -> None:
+    def __init__(
+        self, config: MattingConfig, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> None:
         if config.weights is None:
             raise EngineError(
                 "no weights configured (matting.weights); the torch engine needs them"
@@ -51,7 +54,7 @@ class TorchEngine:
             refine_threshold=config.refine_threshold,
             refine_kernel_size=config.refine_kernel_size,
         )
-        self._start(model, device, config.threads)
+        self._start(model, device, config.threads, dtype)
 
     @classmethod
     def from_model(cls, model: MattingRefine, device: str = "cpu", threads: int = 0) -> TorchEngine:
@@ -60,9 +63,11 @@ class TorchEngine:
         engine._start(model, device, threads)
         return engine
 
-    def _start(self, model: MattingRefine, device: str, threads: int) -> None:
+    def _start(
+        self, model: MattingRefine, device: str, threads: int, dtype: torch.dtype | None = None
+    ) -> None:
         self.device = _resolve_device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.name = f"torch-{self.device.type}"
         if threads > 0:
             torch.set_num_threads(threads)

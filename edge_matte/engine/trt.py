@@ -9,11 +9,15 @@ cropping and scattering run in torch on the GPU (`MattingRefine.forward_with`); 
 handling (padding, colour order) is `TorchEngine`'s, reused by overriding `infer`.
 
 Engines are built for the padded frame size on first use (or `prepare`), checked against torch
-on the example input, and kept in the `EngineCache` keyed by the weights' digest, the piece's
-shapes, the precision, the TensorRT version and the GPU name, so a restart loads them in
-seconds. While building (minutes on a Jetson) the systemd start timeout is extended and the
-progress is logged and shown as the unit's STATUS. Any failure raises EngineError, and the
-engine chain falls back to torch.
+on fresh random inputs (not the build's examples: torch2trt bakes an op it cannot convert into
+a constant computed from those, which then matches them exactly), and kept in the `EngineCache`
+keyed by the weights' digest, the piece's shapes, the precision, the TensorRT version and the
+GPU name, so a restart loads them in seconds. While building (minutes on a Jetson) systemd's
+start timeout is extended and its watchdog kept alive (`Notifier.extending`), and the progress
+is logged and shown as the unit's STATUS. Any failure of a build raises EngineError, and the
+engine chain falls back to torch; the failure is remembered in the cache, so later starts fall
+back at once instead of repeating a build of minutes, until the weights, TensorRT or the GPU
+change or `edge-matte run --rebuild` forgets it.
 
 Host <-> device copies that remain on a Jetson, per frame (the pipeline's boundary is numpy BGR,
 `Frame.image` in and `Matte` out):
@@ -21,7 +25,7 @@ Host <-> device copies that remain on a Jetson, per frame (the pipeline's bounda
    the GPU (`torch.from_numpy(...).to(device)`); the RGB/float conversion and padding run there.
    The capture stage already made that array from jetson-utils' `cudaImage` with one copy
    (`cudaToNumpy` view + RGB->BGR, see `capture/jetson_source.py`).
-2. Upload of the plate, the same way, every frame, although it rarely changes.
+2. Upload of the plate, the same way, only when it changes (an immutable plate's tensor is kept).
 3. Download of alpha: H x W float32 (`.cpu()` in `matte`).
 4. Download of the foreground: H x W x 3 uint8 BGR (`_to_bgr_uint8`).
 Besides these, `nonzero` in patch selection (sampling and thresholding) waits for the GPU to
@@ -37,19 +41,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, MattingConfig
+from ..config import MattingConfig
 from ..errors import EngineError
 from ..model.checkpoint import weights_digest
 from ..model.model import BaseFn, BaseNetwork, MattingRefine, PatchRefiner
 from ..model.refiner import ConvsFn
 from ..notify import Notifier
+from . import trt_converters
 from .cache import EngineCache
 from .static import (
     FixedCountConvs,
@@ -64,6 +70,7 @@ _LOG = logging.getLogger(__name__)
 
 ENVIRONMENT_FIELDS = ("backend", "device")  # cache fields that describe the machine
 BUILD_EXTEND_S = 90.0  # each systemd start-timeout extension while engines build
+BUILD_LIMIT_S = 3600.0  # keep-alives stop after this: a build that long has hung, let systemd act
 AGREEMENT = 0.1  # an engine must match torch within this fraction of the output's range (>= 1)
 _WORKSPACE = 1 << 28  # TensorRT builder workspace: room for the faster tactics, small for Orin
 
@@ -78,7 +85,10 @@ class Converter(Protocol):
     device_name: str  # e.g. "Orin": engines are valid for this GPU only
 
     def convert(self, module: nn.Module, inputs: Sequence[Tensor]) -> nn.Module:
-        """An engine computing `module` for exactly these input shapes (may take minutes)."""
+        """An engine computing `module` for exactly these input shapes (may take minutes).
+
+        Raises anything on failure (the caller turns every exception into an EngineError).
+        """
         ...
 
     def restore(self, module: nn.Module, state: Mapping[str, Any]) -> nn.Module:
@@ -90,15 +100,16 @@ class Torch2TrtConverter:
     """torch2trt with `fp16_mode=True`: FP16 where TensorRT finds it faster, FP32 elsewhere.
 
     Raises EngineError where CUDA, TensorRT or torch2trt is missing (they exist on Jetsons).
+    `device` "cpu" only converts (over a TensorRT stand-in, to test which ops have converters).
     """
 
     name = "trt-fp16"
     precision = "fp16"
-    device = "cuda"
 
-    def __init__(self) -> None:
-        if not torch.cuda.is_available():
+    def __init__(self, device: str = "cuda") -> None:
+        if device == "cuda" and not torch.cuda.is_available():
             raise EngineError("trt: no CUDA device is available")
+        self.device = device
         try:
             import tensorrt
             from torch2trt import TRTModule, torch2trt
@@ -107,20 +118,25 @@ class Torch2TrtConverter:
                 f"trt: TensorRT or torch2trt is not installed ({err}); "
                 "they come with JetPack and torch2trt's source install"
             ) from err
+        trt_converters.register()
         self._torch2trt = torch2trt
         self._module_class = TRTModule
         self.backend = f"tensorrt-{tensorrt.__version__}"
-        self.device_name = torch.cuda.get_device_name()
+        self.device_name = torch.cuda.get_device_name() if device == "cuda" else device
 
     def convert(self, module: nn.Module, inputs: Sequence[Tensor]) -> nn.Module:
         # Explicit-batch torch2trt (its current master): the inputs' shapes are the engine's only shapes.
-        return self._torch2trt(
-            module,
-            list(inputs),
-            fp16_mode=True,
-            max_workspace_size=_WORKSPACE,  # TensorRT < 10; 10 sizes its own memory pools
-            keep_network=False,  # the network definition is only needed while building
-        )
+        with trt_converters.torch_left_as_found():
+            engine = self._torch2trt(
+                module,
+                list(inputs),
+                fp16_mode=True,
+                max_workspace_size=_WORKSPACE,  # TensorRT < 10; 10 sizes its own memory pools
+                keep_network=False,  # the network definition is only needed while building
+            )
+        if getattr(engine, "engine", None) is None:  # torch2trt wraps a failed build, too
+            raise EngineError("TensorRT's builder returned no engine (its log above says why)")
+        return engine
 
     def restore(self, module: nn.Module, state: Mapping[str, Any]) -> nn.Module:
         engine = self._module_class()
@@ -142,19 +158,20 @@ class TrtEngine(TorchEngine):
 
     Args:
         config: the matting section; `weights` is required (its digest keys the cache).
+        cache: where engines and failed builds are kept (`engine_cache(directory)` removes
+            engines superseded by a TensorRT or GPU change).
         converter: default `Torch2TrtConverter()` (EngineError where it cannot exist).
-        cache: default `<cache dir>/engines` (matting.cache_dir, $CACHE_DIRECTORY or
-            ~/.cache/edge-matte), removing engines superseded by a TensorRT or GPU change.
         patch_count: patches per refiner engine call; default `default_patch_count` for the
             frame size (sample_pixels // 16).
-        notifier: extended while engines build; default from $NOTIFY_SOCKET.
+        notifier: systemd, told while engines build (start timeout extended, watchdog kept
+            alive, STATUS); default none.
     """
 
     def __init__(
         self,
         config: MattingConfig,
+        cache: EngineCache,
         converter: Converter | None = None,
-        cache: EngineCache | None = None,
         patch_count: int | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -164,18 +181,16 @@ class TrtEngine(TorchEngine):
         super().__init__(config, device=self._converter.device)
         self.name = self._converter.name
         self._digest = weights_digest(config.weights)  # TorchEngine checked it is set
-        self._cache = cache or EngineCache(
-            Config(matting=config).resolved_cache_dir() / "engines", ENVIRONMENT_FIELDS
-        )
+        self._cache = cache
         self._patch_count = patch_count
-        self._notifier = notifier or Notifier.from_env()
+        self._notifier = notifier or Notifier(None)
         self._pieces: _Pieces | None = None
 
     @classmethod
     def from_model(cls, model: MattingRefine, device: str = "cuda", threads: int = 0):
-        """Not available: engines are cached under the weights file's digest; use TrtEngine(config)."""
+        """Not available: engines are cached under the weights file's digest; use TrtEngine(config, cache)."""
         raise TypeError(
-            "TrtEngine needs matting.weights (it keys the engine cache); use TrtEngine(config)"
+            "TrtEngine needs matting.weights (it keys the engine cache); use TrtEngine(config, cache)"
         )
 
     def prepare(self, height: int, width: int) -> tuple[BaseFn, ConvsFn]:
@@ -202,7 +217,11 @@ class TrtEngine(TorchEngine):
         self._pieces = None  # free the old size's engines before building new ones
         started = time.monotonic()
         # torch2trt traces ordinary no-grad tensors; `matte` runs under inference mode.
-        with self._notifier.extending(BUILD_EXTEND_S), torch.inference_mode(False), torch.no_grad():
+        with (
+            self._notifier.extending(BUILD_EXTEND_S, BUILD_LIMIT_S),
+            torch.inference_mode(False),
+            torch.no_grad(),
+        ):
             self._pieces = self._build(height, width)
         _LOG.info(
             "%s engines ready for %dx%d in %.1f s",
@@ -219,7 +238,7 @@ class TrtEngine(TorchEngine):
         base = self._piece(
             "base",
             BaseNetwork(model).eval(),
-            [base_example(model, height, width, dtype, device)],
+            lambda: [base_example(model, height, width, dtype, device)],
             {
                 "input": [height, width],
                 "backbone_scale": model.backbone_scale,
@@ -231,7 +250,7 @@ class TrtEngine(TorchEngine):
             convs = self._piece(
                 "refiner-full",
                 refiner,
-                full_examples(model.refiner, height, width, dtype, device),
+                lambda: full_examples(model.refiner, height, width, dtype, device),
                 {"input": [height, width], "kernel_size": kernel_size},
             )
             return _Pieces((height, width), base, convs)
@@ -239,7 +258,7 @@ class TrtEngine(TorchEngine):
         patches = self._piece(
             "refiner-patches",
             refiner,
-            patch_examples(model.refiner, count, dtype, device),
+            lambda: patch_examples(model.refiner, count, dtype, device),
             {"patch_count": count, "kernel_size": kernel_size},
         )
         return _Pieces((height, width), base, FixedCountConvs(patches, count))
@@ -257,15 +276,41 @@ class TrtEngine(TorchEngine):
         }
 
     def _piece(
-        self, piece: str, module: nn.Module, inputs: Sequence[Tensor], shapes: Mapping[str, Any]
+        self,
+        piece: str,
+        module: nn.Module,
+        examples: Callable[[], Sequence[Tensor]],
+        shapes: Mapping[str, Any],
     ) -> nn.Module:
-        """The engine for one piece: from the cache when it loads and agrees with torch, else built."""
+        """The engine for one piece: from the cache when it loads and agrees with torch, else built.
+
+        `examples` makes new random inputs at each call: one set to build with, others to check.
+        """
         fields = self._fields(piece, shapes)
         state = self._cache.load(fields)
         if state is not None:
-            engine = self._restore(piece, module, state, inputs)
+            engine = self._restore(piece, module, state, examples())
             if engine is not None:
                 return engine
+        failed = self._cache.failure(fields)
+        if failed is not None:
+            raise EngineError(
+                f"{self.name}: the '{piece}' engine failed to build before ({failed}); not "
+                "retried until the weights, TensorRT or the GPU change, or `edge-matte run --rebuild`"
+            )
+        try:
+            engine, state = self._build_piece(piece, module, examples)
+        except EngineError as err:
+            self._cache.remember_failure(fields, str(err))
+            raise
+        self._cache.save(fields, state)
+        return engine
+
+    def _build_piece(
+        self, piece: str, module: nn.Module, examples: Callable[[], Sequence[Tensor]]
+    ) -> tuple[nn.Module, Mapping[str, Any]]:
+        """A new engine for one piece and its state dict; EngineError for every way it can fail."""
+        inputs = examples()
         shape_text = " ".join(str(tuple(x.shape)) for x in inputs)
         self._notifier.status(f"building {self.name} engine '{piece}' for {shape_text}")
         _LOG.info(
@@ -274,14 +319,14 @@ class TrtEngine(TorchEngine):
         started = time.monotonic()
         try:
             engine = self._converter.convert(module, inputs)
-        except Exception as err:  # the converter's own failures have no common type: fall back
+            problem = _disagreement(module, engine, examples())
+            state = engine.state_dict() if problem is None else None
+        except Exception as err:  # a converter's failures have no common type: fall back
             raise EngineError(f"{self.name}: building the '{piece}' engine failed: {err}") from err
-        problem = _disagreement(module, engine, inputs)
         if problem is not None:
             raise EngineError(f"{self.name}: the '{piece}' engine disagrees with torch: {problem}")
         _LOG.info("built %s engine '%s' in %.1f s", self.name, piece, time.monotonic() - started)
-        self._cache.save(fields, engine.state_dict())
-        return engine
+        return engine, state
 
     def _restore(
         self, piece: str, module: nn.Module, state: Mapping[str, Any], inputs: Sequence[Tensor]
@@ -299,6 +344,11 @@ class TrtEngine(TorchEngine):
             return None
         _LOG.info("%s engine '%s' loaded from the cache", self.name, piece)
         return engine
+
+
+def engine_cache(directory: Path) -> EngineCache:
+    """The engine cache in `directory` (e.g. `<cache dir>/engines`), dropping superseded engines."""
+    return EngineCache(directory, ENVIRONMENT_FIELDS)
 
 
 def _disagreement(module: nn.Module, engine: nn.Module, inputs: Sequence[Tensor]) -> str | None:

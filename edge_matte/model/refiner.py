@@ -94,6 +94,16 @@ class Refiner(nn.Module):
         self.conv4 = nn.Conv2d(channels[3], channels[4], kernel_size, bias=True)
         self.relu = nn.ReLU(True)
 
+    def settings(self) -> tuple[str, int, float, int, bool]:
+        """The constructor's arguments: `type(self)(*other.settings())` is configured like `other`."""
+        return (
+            self.mode,
+            self.sample_pixels,
+            self.threshold,
+            self.kernel_size,
+            self.prevent_oversampling,
+        )
+
     @property
     def patch_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """(C, h, w) of one patch of each `convs` input: 42x8x8 and 6x8x8 (kernel 3), 42x2x2 and 6x4x4 (kernel 1)."""
