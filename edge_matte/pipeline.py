@@ -219,7 +219,9 @@ class Pipeline:
             stats.record(time.monotonic() - started)
             if result.frame is not None:
                 self.latency.add(time.monotonic() - result.frame.time)
-            self.first_output.set()
+            if not self.first_output.is_set():
+                self.first_output.set()
+                self._emit(Event("pipeline.running", "the first frame reached the output"))
 
     def _render(self, result: Result) -> dict[str, np.ndarray]:
         """The composite plus whichever of the alpha/debug views are served."""
