@@ -74,6 +74,12 @@ class SourceConfig(Section):
     reconnect_max_s: float = Field(
         10.0, gt=0, le=600, description="Longest retry delay (exponential backoff)"
     )
+    ready_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="At start, how long READY=1 waits for the camera's first frame; then the daemon reports ready anyway, serving NO SIGNAL with a problem",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
