@@ -308,6 +308,22 @@ class MqttConfig(Section):
     )
     homeassistant: bool = Field(False, description="Publish Home Assistant MQTT discovery")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    image_interval_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="Publish a retained JPEG of the composite on <base>/image at most this often (a Home Assistant image entity); 0 = off",
+    )
+    image_max_bytes: int = Field(
+        200_000,
+        ge=10_000,
+        le=4_000_000,
+        description="Largest retained image; a bigger JPEG is scaled down until it fits",
+    )
+    configuration_url: str | None = Field(
+        None,
+        description="Link shown on the device's Home Assistant page (e.g. its HTTP view); None = none",
+    )
 
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "mqtt-password")

@@ -297,6 +297,7 @@ class Daemon:
             "plate": plate.get("state"),
             "plate_age_s": plate.get("age_s"),
             "plate_frozen": plate.get("frozen"),
+            "person_present": pipe.presence.present,
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,

@@ -31,6 +31,33 @@ class Event:
 
 Emit = Callable[[Event], None]
 
+# Every kind the daemon emits (Home Assistant's event entity must list them in advance).
+KINDS = (
+    "pipeline.running",
+    "pipeline.failed",
+    "source.connected",
+    "source.lost",
+    "source.recovered",
+    "source.ended",
+    "camera.controls_refused",
+    "engine.fallback",
+    "plate.loaded",
+    "plate.capturing",
+    "plate.captured",
+    "plate.refreshed",
+    "plate.stale",
+    "plate.misaligned",
+    "plate.realigned",
+    "plate.cleared",
+    "plate.save_failed",
+    "scene.occupied",
+    "scene.empty",
+    "compose.asset_failed",
+    "config.applied",
+    "config.rejected",
+    "config.save_failed",
+)
+
 # Events that report a failure are logged above INFO, so `journalctl -p warning` shows each one;
 # every other event (plate captured, camera connected, config applied) is routine.
 LEVELS = {

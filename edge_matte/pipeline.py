@@ -32,6 +32,7 @@ from .events import Emit, Event
 from .frames import Frame, Matte
 from .health import Health, problems
 from .plate import PlateKeeper
+from .presence import Presence
 from .profile import Profile
 from .slot import LatestSlot
 from .stats import LatencyWindow, StageStats
@@ -79,6 +80,7 @@ class Pipeline:
         self.stats = {name: StageStats(name) for name in ("capture", "matte", "output")}
         self.camera_output = StageStats("camera")  # output frames that came from the camera
         self.latency = LatencyWindow()
+        self.presence = Presence(emit, hold=max(1, round(src.fps / 2)))  # half a second
         self.first_output = threading.Event()  # NO SIGNAL cards count
         self.first_camera_output = threading.Event()  # a real camera frame was sent
         self.failed: str | None = None
@@ -185,6 +187,9 @@ class Pipeline:
             result = self._matte(frame)
             result.timings["matte"] = (time.monotonic() - started) * 1000.0
             stats.record(time.monotonic() - started)
+            self.presence.update(
+                None if result.matte is None and not result.idle else not result.idle
+            )
             self._results.put(result)
             stats.dropped = self._results.dropped
 

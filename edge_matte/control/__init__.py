@@ -14,6 +14,7 @@ Topics (device base `<topic_prefix>/<device_id>/`, fleet base `<topic_prefix>/gr
 | cmd/<name> (device and group) | in        | -        | JSON object of arguments (or empty), optional "id"           |
 | cmd/result                    | out       | no       | {"id", "command", "ok", "result" or "error"}                 |
 | snapshot                      | out       | no       | JPEG of the composite, after cmd/snapshot                    |
+| image                         | out       | yes      | JPEG of the composite every mqtt.image_interval_s (0: off)   |
 | plate/auto_refresh/set        | in        | -        | ON / OFF (Home Assistant switch; only with homeassistant on) |
 
 Commands: plate/capture, plate/freeze, plate/unfreeze, plate/clear, restart, snapshot,

@@ -24,12 +24,12 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from ..config import MqttConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, EdgeMatteError
 from ..events import Event
 from . import discovery, handlers
 from .api import ControlApi
 from .client import Client, build_client, disable_nagle
-from .retained import Pacer, Retained
+from .retained import Pacer, Retained, fit_jpeg
 from .topics import Topics
 
 _LOG = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ LIVE_FIELDS = frozenset({"telemetry_interval_s", "max_payload_bytes"})  # others
 RETAINED_REFUSAL = "retained messages are never executed; clear the retained message"
 BUSY_REFUSAL = "too many requests queued; try again later"
 STATE_MIN_INTERVAL_S = 0.5  # retained state/config republished at most this often on events
+IMAGE_IDLE_S = 1.0  # how often a disabled image publisher looks at its interval again
 VOLATILE_STATE = ("plate_age_s",)  # grows every second: not a change worth a retained message
 _AUTH_REFUSALS = {4, 5, 0x86, 0x87}  # 3.1.1: bad credentials, not authorised; 5: the same
 
@@ -79,7 +80,12 @@ class MqttControl:
         Raise ConfigError when the TLS files or the password file cannot be used.
         """
         client = build_client(self._mqtt, self._topics)
-        for target, name in ((self._work, "mqtt-worker"), (self._tick, "mqtt-telemetry")):
+        loops = (
+            (self._work, "mqtt-worker"),
+            (self._tick, "mqtt-telemetry"),
+            (self._publish_images, "mqtt-image"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -243,6 +249,8 @@ class MqttControl:
                 return
             if answer.snapshot is not None:
                 self._publish(self._topics.snapshot, answer.snapshot)
+                if self._mqtt.image_interval_s > 0:
+                    self._publish_image(answer.snapshot)
             if answer.changed:
                 self._refresh_retained()
             self._publish(
@@ -279,8 +287,10 @@ class MqttControl:
     def _forget(self, old: MqttConfig, new: MqttConfig, topics: Topics) -> None:
         """Remove retained data that the new settings would leave behind at old topics."""
         if topics.base != self._topics.base:
-            for topic in (self._topics.state, self._topics.config):
+            for topic in (self._topics.state, self._topics.config, self._topics.image):
                 self._publish(topic, "", retain=True)
+        if old.image_interval_s > 0 and new.image_interval_s == 0:
+            self._publish(self._topics.image, "", retain=True)
         if old.homeassistant and discovery.removals(old) != discovery.removals(new):
             for topic, payload in discovery.removals(old):
                 self._publish(topic, payload, retain=True)
@@ -329,6 +339,22 @@ class MqttControl:
                 continue
             if self._connected.is_set():
                 self._publish_from(self._topics.telemetry, self._api.telemetry)
+
+    def _publish_images(self) -> None:
+        """Every mqtt.image_interval_s (0: off), the composite as a retained, size-capped JPEG."""
+        while not self._stopping.wait(self._mqtt.image_interval_s or IMAGE_IDLE_S):
+            if self._mqtt.image_interval_s > 0 and self._connected.is_set():
+                try:
+                    self._publish_image(self._api.snapshot_jpeg())
+                except EdgeMatteError as err:  # no frame yet
+                    _LOG.debug("no image to publish: %s", err)
+
+    def _publish_image(self, jpeg: bytes) -> None:
+        fitted = fit_jpeg(jpeg, self._mqtt.image_max_bytes)
+        if fitted is None:
+            _LOG.warning("composite image does not fit mqtt.image_max_bytes; not published")
+            return
+        self._publish(self._topics.image, fitted, retain=True)
 
     def _publish_from(
         self, topic: str, produce: Callable[[], dict[str, Any]], retain: bool = False

@@ -73,3 +73,22 @@ class Pacer:
             self._action()
             if self._stop.wait(self._interval_s):
                 return
+
+
+def fit_jpeg(jpeg: bytes, max_bytes: int, quality: int = 80) -> bytes | None:
+    """`jpeg` itself if within `max_bytes`, else the image halved until it fits (None if even a
+    thumbnail does not): a retained image must never grow the broker's store without bound."""
+    if len(jpeg) <= max_bytes:
+        return jpeg
+    import cv2  # only the image entity needs it
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    while image is not None and min(image.shape[:2]) >= 32:
+        image = cv2.resize(
+            image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA
+        )
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok and len(data) <= max_bytes:
+            return data.tobytes()
+    return None
