@@ -26,6 +26,15 @@ READY_WAIT_S = 3.0
 RECONNECT = {"timeout_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
 
 
+def open_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The capture's log records of failed attempts to open the camera."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == "edge_matte.capture.resilient" and "lost" in r.getMessage()
+    ]
+
+
 @pytest.fixture
 def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     sock = NotifySocket(tmp_path / "notify.sock")
@@ -37,6 +46,7 @@ def test_missing_v4l2_camera_is_a_problem_and_ready_waits(
     tmp_path: Path, notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="edge_matte.daemon")
+    caplog.set_level(logging.INFO, logger="edge_matte.capture.resilient")
     source = {**RECONNECT, "ready_wait_s": 600.0}
     config = small_config(tmp_path, "v4l2:///dev/video9", source=source)
     daemon = Daemon(config, None, Notifier(notify_socket.address))
@@ -52,6 +62,9 @@ def test_missing_v4l2_camera_is_a_problem_and_ready_waits(
         assert waiting["STATUS"].startswith("waiting for camera v4l2:///dev/video9; problem: ")
         notify_socket.wait_for("EXTEND_TIMEOUT_USEC", 5)
         assert not any("READY" in message for _, message in notify_socket.received)
+        # journalctl -p warning: the outage once, not every retry.
+        assert wait_until(lambda: len(open_failures(caplog)) >= 3, 10)
+        assert [r.levelno for r in open_failures(caplog)].count(logging.WARNING) == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum(message.startswith("problem: no camera") for message in warnings) == 1, warnings
 

@@ -134,7 +134,14 @@ class ResilientSource:
 
     def _report_lost(self, reason: str) -> None:
         self.last_error = reason
-        _LOG.warning("source %s lost: %s", self._label, reason)
+        # The first failure of an outage is a warning; its retries are routine (journald -p warning
+        # would otherwise get a line every reconnect_max_s for as long as the camera is away).
+        _LOG.log(
+            logging.INFO if self._lost else logging.WARNING,
+            "source %s lost: %s",
+            self._label,
+            reason,
+        )
         if not self._lost:
             self._lost = True
             self._emit(Event("source.lost", f"camera lost: {self.problem()}", self._data()))
