@@ -163,6 +163,7 @@ class Daemon:
         NO SIGNAL card and reachable over MQTT (where the URI can be fixed), with the problem on
         STATUS=, in the state and in the log; a restart loop would only hide the stream too.
         """
+        self._check_problems()  # those found while the pipeline was built (engine fallback)
         self._awaiting_camera = True
         try:
             self._wait_for_camera(self.pipeline)

@@ -26,6 +26,10 @@ READY_WAIT_S = 3.0
 RECONNECT = {"timeout_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
 
 
+def warning_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def open_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """The capture's log records of failed attempts to open the camera."""
     return [
@@ -100,3 +104,19 @@ def test_healthy_camera_has_no_problem_and_counts_its_frames(tmp_path: Path) -> 
         assert wait_until(lambda: daemon.telemetry()["source_fps"] > 5, 10)
         assert daemon.state()["problem"] is None
         assert daemon.pipeline.health().frames_flowing
+
+
+def test_an_engine_degraded_at_start_is_a_problem_in_state_and_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edge_matte.daemon")
+    weights = tmp_path / "broken.pth"
+    weights.write_bytes(b"not a checkpoint")  # torch-cpu refuses it: classic takes over
+    matting = {"engine": "torch-cpu", "weights": str(weights)}
+    daemon = Daemon(small_config(tmp_path, matting=matting))
+    with running(daemon):
+        assert wait_until(lambda: daemon.state()["problem"] is not None, 10)
+        assert daemon.state()["degraded"] is True
+        assert daemon.state()["problem"] == "engine degraded: running classic"
+        problem = "problem: engine degraded: running classic"
+        assert wait_until(lambda: problem in warning_lines(caplog), 10), warning_lines(caplog)
