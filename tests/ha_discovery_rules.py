@@ -1,7 +1,11 @@
 """Home Assistant MQTT discovery rules, written down from Home Assistant's own source, so the
 device's discovery payloads are checked the way Home Assistant would read them.
 
-Where each rule comes from (home-assistant/core, homeassistant/components/...):
+Where each rule comes from (home-assistant/core, homeassistant/components/...). Read from stored
+copies of the source: mqtt/abbreviations.py, mqtt/image.py, mqtt/event.py, sensor/const.py. The
+rest (binary_sensor/button/event device classes, entity categories, the origin schema, the
+`o`/`cont_type`/`evt_typ`/`img_t` abbreviations of releases newer than the stored
+abbreviations.py) is written from those same files as released, not re-read here.
 - mqtt/abbreviations.py: ABBREVIATIONS and DEVICE_ABBREVIATIONS (the subset used here is copied
   below; a payload may use either form, discovery expands the short one). `o` (origin) and its
   keys `name`/`sw`/`url` are expanded the same way (ORIGIN_ABBREVIATIONS in newer releases).
