@@ -10,8 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import __version__, logs
 from .errors import ConfigError, EdgeMatteError
 
 if TYPE_CHECKING:
@@ -100,12 +101,64 @@ def _install(args: argparse.Namespace) -> int:
     return main_install(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-matte", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+edge-matte: an always-on background-matting appliance. A camera (CSI, V4L2, RTSP, a file or the
+synthetic test:// scene) -> a background plate kept up to date -> BackgroundMattingV2 or the
+classic engine -> a composite served over RTSP; controlled over MQTT (Home Assistant discovery
+included), run under systemd. `run` is the daemon; the other commands are offline tools."""
+EPILOG = """\
+exit codes: 0 success, 1 runtime failure, 2 invalid configuration or arguments (nothing started).
+Every command has its own help: edge-matte COMMAND --help."""
 
-    run = sub.add_parser("run", help="run the daemon (camera -> matte -> composite -> RTSP)")
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help (not for flags and options without a default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        if action.help and "(default" in action.help:  # already says it in its own words
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _verbose_options(defaults: bool) -> argparse.ArgumentParser:
+    """-v, accepted before and after the command (the command's copy must not reset the first)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="debug logging",
+    )
+    return options
+
+
+def _command(sub: Any, name: str, text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter, -v, and its help as its description."""
+    return sub.add_parser(
+        name,
+        help=text,
+        description=text,
+        formatter_class=_HelpFormatter,
+        parents=[_verbose_options(defaults=False)],
+        **kwargs,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-matte",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
+        parents=[_verbose_options(defaults=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = _command(sub, "run", "run the daemon (camera -> matte -> composite -> RTSP)")
     run.add_argument(
         "--config", type=Path, default=None, help="YAML config file (default: built-in defaults)"
     )
@@ -116,64 +169,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
-    check = sub.add_parser(
-        "check-config", help="validate a config file; exit 2 naming each problem"
-    )
-    check.add_argument("file", type=Path)
+    check = _command(sub, "check-config", "validate a config file; exit 2 naming each problem")
+    check.add_argument("file", type=Path, help="the YAML config file to check")
     check.set_defaults(func=_check_config)
 
     from .offline import add_matte_arguments, add_plate_build_arguments
 
-    matte = sub.add_parser("matte", help="matte images or a video offline")
+    matte = _command(sub, "matte", "matte images or a video offline (the daemon's engines)")
     add_matte_arguments(matte)
     matte.set_defaults(func=_matte)
 
-    plate = sub.add_parser("plate", help="background plate tools").add_subparsers(
-        dest="plate_command", required=True
+    plate = _command(sub, "plate", "background plate tools").add_subparsers(
+        dest="plate_command", required=True, metavar="COMMAND"
     )
-    build = plate.add_parser(
-        "build", help="build a plate from a recording of the room (may never be empty)"
+    build = _command(
+        plate, "build", "build a plate from a recording of the room (may never be empty)"
     )
     add_plate_build_arguments(build)
     build.set_defaults(func=_plate_build)
 
     from .bench import add_bench_arguments
 
-    bench = sub.add_parser(
-        "bench", help="time every fast path and the pipeline against the plain FP32 model"
+    bench = _command(
+        sub, "bench", "time every fast path and the pipeline against the plain FP32 model"
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
     from .calibrate import add_arguments as add_calibrate_arguments
 
-    calibrate = sub.add_parser(
-        "calibrate", help="measure the empty scene and write a calibration profile"
+    calibrate = _command(
+        sub, "calibrate", "measure the empty scene and write a calibration profile"
     )
     add_calibrate_arguments(calibrate)
     calibrate.set_defaults(func=_calibrate)
 
     from .export import add_arguments as add_export_arguments
 
-    export = sub.add_parser("export", help="export the static networks for other runtimes")
-    onnx = export.add_subparsers(dest="export_command", required=True).add_parser(
+    export = _command(sub, "export", "export the static networks for other runtimes")
+    onnx = _command(
+        export.add_subparsers(dest="export_command", required=True, metavar="COMMAND"),
         "onnx",
-        help="fixed-shape ONNX graphs (base, refiner convs, full model) for trtexec/ONNX Runtime",
+        "fixed-shape ONNX graphs (base, refiner convs, full model) for trtexec/ONNX Runtime",
     )
     add_export_arguments(onnx)
     onnx.set_defaults(func=_export)
 
     from .soak import add_arguments as add_soak_arguments
 
-    soak = sub.add_parser(
-        "soak", help="run the daemon under load for N minutes and judge leaks and fps (opt-in)"
+    soak = _command(
+        sub, "soak", "run the daemon under load for N minutes and judge leaks and fps (opt-in)"
     )
     add_soak_arguments(soak)
     soak.set_defaults(func=_soak)
 
     from .install import add_arguments as add_install_arguments
 
-    install = sub.add_parser("install-service", help="install (or --uninstall) the systemd service")
+    install = _command(sub, "install-service", "install (or --uninstall) the systemd service")
     add_install_arguments(install)
     install.set_defaults(func=_install)
     return parser
@@ -187,10 +239,7 @@ def _one_line(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except ConfigError as err:

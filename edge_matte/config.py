@@ -90,6 +90,12 @@ class SourceConfig(Section):
         None,
         description="jetson-utils sources (csi://, v4l2:// on a Jetson): its --input-flip; None = its default, which on JetPack 5/6 rotates csi:// 180 degrees (it swaps none and rotate-180 there)",
     )
+    ready_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="At start, how long READY=1 waits for the camera's first frame; then the daemon reports ready anyway, serving NO SIGNAL with a problem",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
@@ -322,6 +328,22 @@ class MqttConfig(Section):
     )
     homeassistant: bool = Field(False, description="Publish Home Assistant MQTT discovery")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    image_interval_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="Publish a retained JPEG of the composite on <base>/image at most this often (a Home Assistant image entity); 0 = off",
+    )
+    image_max_bytes: int = Field(
+        200_000,
+        ge=10_000,
+        le=4_000_000,
+        description="Largest retained image; a bigger JPEG is scaled down until it fits",
+    )
+    configuration_url: str | None = Field(
+        None,
+        description="Link shown on the device's Home Assistant page (e.g. its HTTP view); None = none",
+    )
 
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "mqtt-password")

@@ -40,6 +40,7 @@ STAGES = ("capture", "matte", "output")
 LIVE_SECTIONS = {"compose", "mqtt", "log_level"}  # applied without touching the pipeline
 LIVE_FIELDS = {"plate": {"until_ready"}}  # fields of other sections that are applied live too
 FIRST_FRAME_TIMEOUT_S = 120.0
+CAMERA_WAIT_EXTEND_S = 10.0  # EXTEND_TIMEOUT_USEC step while READY waits for the camera
 TRIM_INTERVAL_S = 60.0  # see edge_matte.memory
 
 
@@ -58,6 +59,10 @@ class Daemon:
         self.bus = EventBus()
         self.notifier = notifier or Notifier.from_env()
         self.heartbeat = Heartbeat(self.notifier, STAGES, self._status_line)
+        self._problems: tuple[str, ...] = ()
+        self._awaiting_camera = False
+        self._problems_lock = threading.Lock()  # not _lock: events arrive during pipeline swaps
+        self.bus.subscribe(self._on_event)  # before the pipeline: its first open may fail
         self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
         self.pipeline = self._new_pipeline(config, self._profile)
         self._control = None
@@ -74,9 +79,10 @@ class Daemon:
             self._start_control()
             if not self._await_first_output():
                 return 1
+            self._await_camera()
             if self._stop.is_set():
                 return 0  # stopped while starting: a clean stop, but never claim READY
-            self.notifier.ready()
+            self.notifier.ready(self._status_line())
             self.heartbeat.start()
             _LOG.info("serving %s", ", ".join(self.urls()) or "no RTSP outputs")
             return self._supervise()
@@ -148,6 +154,57 @@ class Daemon:
             return True  # stopped while starting is a clean stop
         _LOG.error("no frame reached the output within %.0f s; exiting", FIRST_FRAME_TIMEOUT_S)
         return False
+
+    def _await_camera(self) -> None:
+        """Hold READY=1 until a real camera frame reached the output, at most source.ready_wait_s.
+
+        Meanwhile STATUS= says which camera is awaited and EXTEND_TIMEOUT_USEC keeps systemd's
+        start timeout from firing; WATCHDOG=1 is sent while the stages beat (NO SIGNAL is served).
+        A camera that never comes does not fail the start: the appliance stays up, streaming the
+        NO SIGNAL card and reachable over MQTT (where the URI can be fixed), with the problem on
+        STATUS=, in the state and in the log; a restart loop would only hide the stream too.
+        """
+        self._check_problems()  # those found while the pipeline was built (engine fallback)
+        self._awaiting_camera = True
+        try:
+            self._wait_for_camera(self.pipeline)
+        finally:
+            self._awaiting_camera = False
+
+    def _wait_for_camera(self, pipeline: Pipeline) -> None:
+        deadline = time.monotonic() + self._config.source.ready_wait_s
+        period = min(self.heartbeat.period_s, CAMERA_WAIT_EXTEND_S / 2)
+        while not self._stop.is_set() and not pipeline.first_camera_output.is_set():
+            if time.monotonic() >= deadline:
+                self._check_problems()
+                _LOG.warning(
+                    "no camera frame within source.ready_wait_s (%g s): ready anyway, serving NO SIGNAL",
+                    self._config.source.ready_wait_s,
+                )
+                return
+            self.notifier.extend_timeout(CAMERA_WAIT_EXTEND_S)
+            self._check_problems()
+            if not self.heartbeat.stalled_stages():
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+            pipeline.first_camera_output.wait(min(period, max(0.0, deadline - time.monotonic())))
+
+    def _on_event(self, event: Event) -> None:
+        """Every event may change what is wrong (camera lost, engine fallback, stage failed)."""
+        if getattr(self, "pipeline", None) is not None:
+            self._check_problems()
+
+    def _check_problems(self) -> None:
+        """Log each problem once at WARNING when it appears, and at INFO when it is gone."""
+        found = self.pipeline.health().problems
+        with self._problems_lock:
+            old, self._problems = self._problems, found
+        for problem in found:
+            if problem not in old:
+                _LOG.warning("problem: %s", problem)
+        for problem in old:
+            if problem not in found:
+                _LOG.info("problem solved: %s", problem)
 
     def _supervise(self) -> int:
         next_trim = time.monotonic() + TRIM_INTERVAL_S
@@ -228,7 +285,9 @@ class Daemon:
     def state(self) -> dict[str, Any]:
         pipe = self.pipeline
         plate = pipe.plate.status()
+        health = pipe.health()
         return {
+            "problem": health.problem,
             "pipeline": "failed"
             if pipe.failed
             else ("running" if pipe.first_output.is_set() else "starting"),
@@ -241,6 +300,7 @@ class Daemon:
             "plate_age_s": plate.get("age_s"),
             "plate_frozen": plate.get("frozen"),
             "plate_usable": pipe.plate_health.usable,
+            "person_present": pipe.presence.present,
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,
@@ -373,9 +433,16 @@ class Daemon:
         return name
 
     def _status_line(self) -> str:
+        """STATUS=: what is wrong first (or which camera READY waits for), then the figures."""
         pipe = self.pipeline
-        fps = pipe.stats["output"].fps()
-        return f"{fps:.1f} fps, engine {pipe.engine.name}, plate {pipe.plate.state.value}, {pipe.stream.client_count() if pipe.stream else 0} clients"
+        health = pipe.health()
+        clients = pipe.stream.client_count() if pipe.stream else 0
+        line = f"{health.output_fps:.1f} fps, engine {pipe.engine.name}, plate {pipe.plate.state.value}, {clients} clients"
+        if not health.ok:
+            line = f"problem: {health.problem}; {health.source_fps:.1f} fps from the camera, {line}"
+        if self._awaiting_camera:
+            line = f"waiting for camera {_mask_credentials(self._config.source.uri)}; {line}"
+        return line
 
 
 def _load_profile(config: Config) -> profile_mod.Profile | None:

@@ -31,10 +31,56 @@ class Event:
 
 Emit = Callable[[Event], None]
 
+# Every kind the daemon emits (Home Assistant's event entity must list them in advance).
+KINDS = (
+    "pipeline.running",
+    "pipeline.failed",
+    "source.connected",
+    "source.lost",
+    "source.recovered",
+    "source.ended",
+    "camera.controls_refused",
+    "engine.fallback",
+    "plate.loaded",
+    "plate.capturing",
+    "plate.captured",
+    "plate.refreshed",
+    "plate.stale",
+    "plate.misaligned",
+    "plate.realigned",
+    "plate.cleared",
+    "plate.save_failed",
+    "scene.occupied",
+    "scene.empty",
+    "compose.asset_failed",
+    "config.applied",
+    "config.rejected",
+    "config.save_failed",
+)
+
+# Events that report a failure are logged above INFO, so `journalctl -p warning` shows each one;
+# every other event (plate captured, camera connected, config applied) is routine.
+LEVELS = {
+    "pipeline.failed": logging.ERROR,
+    "config.save_failed": logging.ERROR,
+    "source.lost": logging.WARNING,
+    "engine.fallback": logging.WARNING,
+    "compose.asset_failed": logging.WARNING,
+    "plate.save_failed": logging.WARNING,
+    "plate.misaligned": logging.WARNING,
+    "config.rejected": logging.WARNING,
+    "camera.controls_refused": logging.WARNING,
+}
+
+
+def level(event: Event) -> int:
+    """The logging level an event is logged at."""
+    return LEVELS.get(event.kind, logging.INFO)
+
 
 def log_only(event: Event) -> None:
     """An `Emit` for code run without a bus (offline CLI, tests)."""
-    _LOG.info("%s: %s", event.kind, event.message)
+    _LOG.log(level(event), "%s: %s", event.kind, event.message)
 
 
 class EventBus:
@@ -54,7 +100,7 @@ class EventBus:
                 self._subscribers.remove(callback)
 
     def emit(self, event: Event) -> None:
-        _LOG.info("event %s: %s", event.kind, event.message)
+        _LOG.log(level(event), "event %s: %s", event.kind, event.message)
         with self._lock:
             subscribers = list(self._subscribers)
         for callback in subscribers:

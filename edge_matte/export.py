@@ -73,9 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=80_000,
         help="sampling-mode pixels the default patch count is made for",
     )
-    parser.add_argument("--refine-kernel-size", type=int, choices=(1, 3), default=3)
+    parser.add_argument(
+        "--refine-kernel-size",
+        type=int,
+        choices=(1, 3),
+        default=3,
+        help="refiner kernel size of the checkpoint (1: 2x2 patches)",
+    )
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument(
+        "--output-dir", type=Path, required=True, help="directory the .onnx files are written to"
+    )
 
 
 def main_export(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from .errors import MediaError, SourceEnded, SourceError
 from .frames import Frame, Matte
 from .media import is_video, load_image
 from .plate.health import UNUSABLE, mismatch
+from .progress import Progress
+from .video_out import VideoWriter, check_output
 
 # -- edge-matte matte ----------------------------------------------------------------------------
 
@@ -34,22 +36,38 @@ def add_matte_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="BackgroundMattingV2 checkpoint (default: weight-free classic engine)",
     )
-    parser.add_argument("--backbone-scale", type=float, default=0.25)
     parser.add_argument(
-        "--refine-mode", choices=["full", "sampling", "thresholding"], default="sampling"
+        "--backbone-scale", type=float, default=0.25, help="base network's input scale (<= 0.5)"
     )
-    parser.add_argument("--refine-sample-pixels", type=int, default=80_000)
-    parser.add_argument("--refine-threshold", type=float, default=0.1)
+    parser.add_argument(
+        "--refine-mode",
+        choices=["full", "sampling", "thresholding"],
+        default="sampling",
+        help="which patches the refiner sees",
+    )
+    parser.add_argument(
+        "--refine-sample-pixels",
+        type=int,
+        default=80_000,
+        help="pixels refined per frame in sampling mode",
+    )
+    parser.add_argument(
+        "--refine-threshold",
+        type=float,
+        default=0.1,
+        help="error above which a patch is refined in thresholding mode",
+    )
     parser.add_argument(
         "--resize-plate",
         action="store_true",
         help="scale the plate to the input's size if they differ",
     )
+    outputs = "an image name for an image input; for a video, a video name: .mp4/.mov/.mkv (H.264), .webm (VP9), .avi (MJPEG)"
+    parser.add_argument("--alpha", type=Path, help=f"write alpha (8-bit grey): {outputs}")
+    parser.add_argument("--foreground", type=Path, help=f"write the foreground: {outputs}")
     parser.add_argument(
-        "--alpha", type=Path, help="write alpha (8-bit grey PNG, or a video for video input)"
+        "--composite", type=Path, help=f"write the composite (needs --background): {outputs}"
     )
-    parser.add_argument("--foreground", type=Path, help="write the foreground")
-    parser.add_argument("--composite", type=Path, help="write the composite (needs --background)")
     parser.add_argument("--background", help="for --composite: an image, #RRGGBB or 'blur'")
 
 
@@ -58,12 +76,16 @@ def matte_command(args: argparse.Namespace) -> int:
         raise MediaError("--composite needs --background IMG|#RRGGBB|blur")
     if not (args.alpha or args.foreground or args.composite):
         raise MediaError("nothing to write: give --alpha, --foreground and/or --composite")
+    for option in ("alpha", "foreground", "composite"):
+        if getattr(args, option) is not None:
+            check_output(f"--{option}", getattr(args, option), is_video(args.input))
     engine = _engine(args)
     compositor = _compositor(args.background) if args.composite else None
     frames = _read_video(args.input) if is_video(args.input) else iter([load_image(args.input)])
     writers = _Writers(args, video=is_video(args.input))
     plate = None
     fit = _PlateFit()
+    failed = True
     try:
         for index, image in enumerate(frames):
             plate = (
@@ -76,8 +98,9 @@ def matte_command(args: argparse.Namespace) -> int:
             composite = compositor.composite(image, matte) if compositor else None
             writers.write(matte, composite)
             writers.progress(index)
+        failed = False
     finally:
-        writers.close()
+        writers.close(failed)
         engine.close()
     return 0
 
@@ -180,7 +203,7 @@ def _read_video(path: Path) -> Iterator[np.ndarray]:
 
 
 class _Writers:
-    """PNG files for an image input, videos (same fps) for a video input."""
+    """Image files for an image input, videos (same fps) for a video input, with progress."""
 
     def __init__(self, args: argparse.Namespace, video: bool) -> None:
         self._targets = {
@@ -190,8 +213,8 @@ class _Writers:
         }
         self._video = video
         self._fps = _video_fps(args.input) if video else 0.0
-        self._total = _video_frames(args.input) if video else 1
-        self._writers: dict[str, cv2.VideoWriter] = {}
+        self._progress = Progress(_video_frames(args.input)) if video else None
+        self._writers: dict[str, VideoWriter] = {}
 
     def write(self, matte: Matte, composite: np.ndarray | None) -> None:
         images = {
@@ -209,36 +232,23 @@ class _Writers:
                 raise MediaError(f"cannot write {path}")
             return
         if name not in self._writers:
-            writer = cv2.VideoWriter(
-                str(path),
-                cv2.VideoWriter_fourcc(*"mp4v"),
-                self._fps,
-                (image.shape[1], image.shape[0]),
-                image.ndim == 3,
-            )
-            if not writer.isOpened():
-                raise MediaError(f"cannot open {path} for writing (use .mp4 or .avi)")
-            self._writers[name] = writer
+            height, width = image.shape[:2]
+            self._writers[name] = VideoWriter(path, self._fps, width, height, image.ndim == 2)
         self._writers[name].write(image)
 
     def progress(self, index: int) -> None:
-        if not self._video:
-            return
-        done = index + 1
-        width = 30
-        filled = int(width * min(done / max(self._total, 1), 1.0))
-        print(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self._total} frames",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
+        if self._progress is not None:
+            self._progress.update(index + 1)
 
-    def close(self) -> None:
+    def close(self, failed: bool) -> None:
+        """Finish every video (or drop them all when the job failed half-way)."""
+        if self._progress is not None:
+            self._progress.close()
         for writer in self._writers.values():
-            writer.release()
-        if self._video:
-            print(file=sys.stderr)
+            if failed:
+                writer.abort()
+            else:
+                writer.close()
 
 
 def _video_fps(path: Path) -> float:
@@ -266,14 +276,36 @@ def add_plate_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=900, help="frames to read at most")
 
 
+class _Counted:
+    """A FrameSource that reports each frame read to a Progress."""
+
+    def __init__(self, source: UnpacedFile, progress: Progress) -> None:
+        self._source = source
+        self._progress = progress
+        self._frames = 0
+        self.info = source.info
+
+    def read(self, timeout: float) -> Frame:
+        frame = self._source.read(timeout)
+        self._frames += 1
+        self._progress.update(self._frames)
+        return frame
+
+    def close(self) -> None:
+        self._source.close()
+
+
 def plate_build_command(args: argparse.Namespace) -> int:
     from . import atomic
     from .plate import build_plate
 
     source = UnpacedFile(args.input)
+    total = _video_frames(args.input) if is_video(args.input) else 0
+    progress = Progress(min(total, args.max_frames) if total > 0 else args.max_frames)
     try:
-        plate, status = build_plate(source, PlateConfig(), args.max_frames)
+        plate, status = build_plate(_Counted(source, progress), PlateConfig(), args.max_frames)
     finally:
+        progress.close()
         source.close()
     ok, png = cv2.imencode(".png", plate)
     if not ok:

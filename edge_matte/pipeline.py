@@ -30,8 +30,10 @@ from .engine.select import EngineChain
 from .errors import EdgeMatteError, EngineError, MediaError, SourceEnded, SourceError
 from .events import Emit, Event
 from .frames import Frame, Matte
+from .health import Health, problems
 from .plate import PlateKeeper
 from .plate.health import PlateHealth
+from .presence import Presence
 from .profile import Profile
 from .slot import LatestSlot
 from .stats import LatencyWindow, StageStats
@@ -79,8 +81,11 @@ class Pipeline:
             else None
         )
         self.stats = {name: StageStats(name) for name in ("capture", "matte", "output")}
+        self.camera_output = StageStats("camera")  # output frames that came from the camera
         self.latency = LatencyWindow()
-        self.first_output = threading.Event()
+        self.presence = Presence(emit, hold=max(1, round(src.fps / 2)))  # half a second
+        self.first_output = threading.Event()  # NO SIGNAL cards count
+        self.first_camera_output = threading.Event()  # a real camera frame was sent
         self.failed: str | None = None
         self._frames: LatestSlot[Frame] = LatestSlot()
         self._results: LatestSlot[Result] = LatestSlot()
@@ -185,6 +190,9 @@ class Pipeline:
             result = self._matte(frame)
             result.timings["matte"] = (time.monotonic() - started) * 1000.0
             stats.record(time.monotonic() - started)
+            self.presence.update(
+                None if result.matte is None and not result.idle else not result.idle
+            )
             self._results.put(result)
             stats.dropped = self._results.dropped
 
@@ -224,8 +232,12 @@ class Pipeline:
                 self._last_output = views["composite"]
             stats.record(time.monotonic() - started)
             if result.frame is not None:
+                self.camera_output.record(time.monotonic() - started)
                 self.latency.add(time.monotonic() - result.frame.time)
-            self.first_output.set()
+                self.first_camera_output.set()
+            if not self.first_output.is_set():
+                self.first_output.set()
+                self._emit(Event("pipeline.running", "the first frame reached the output"))
 
     def _render(self, result: Result) -> dict[str, np.ndarray]:
         """The composite plus whichever of the alpha/debug views are served."""
@@ -258,9 +270,27 @@ class Pipeline:
 
     # -- observation -----------------------------------------------------------------------------
 
+    def health(self) -> Health:
+        """Camera frames vs all frames sent, and what an operator must act on."""
+        source = self.source
+        missing = None if source.connected or source.last_error is None else source.problem()
+        return Health(
+            source_connected=source.connected,
+            camera_frames=self.camera_output.frames_out,
+            source_fps=self.camera_output.fps(),
+            output_fps=self.stats["output"].fps(),
+            problems=problems(
+                self.failed, missing, self.engine.name if self.engine.degraded else None
+            ),
+        )
+
     def telemetry(self) -> dict:
-        """Per-stage counters and timings, latency, engine, clients."""
+        """Per-stage counters and timings, latency, engine, clients; `source_fps` counts camera
+        frames that reached the output, `output_fps` every frame sent (NO SIGNAL included)."""
+        health = self.health()
         return {
+            "source_fps": round(health.source_fps, 2),
+            "output_fps": round(health.output_fps, 2),
             "stages": {name: stats.snapshot() for name, stats in self.stats.items()},
             "latency": self.latency.percentiles(),
             "engine": self.engine.name,

@@ -77,18 +77,16 @@ class Check:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="how long to soak")
-    parser.add_argument(
-        "--interval-s", type=float, default=60.0, help="seconds between reports (default 60)"
-    )
+    parser.add_argument("--interval-s", type=float, default=60.0, help="seconds between reports")
     parser.add_argument(
         "--warmup-s",
         type=float,
         default=None,
         help="seconds before the resting baseline (default: a third of the run, at most 300)",
     )
-    parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=720)
-    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--width", type=int, default=1280, help="synthetic camera width")
+    parser.add_argument("--height", type=int, default=720, help="synthetic camera height")
+    parser.add_argument("--fps", type=float, default=30.0, help="synthetic camera frame rate")
     parser.add_argument("--viewers", type=int, default=4, help="RTSP viewers at most at once")
     parser.add_argument("--no-mqtt", action="store_true", help="no broker, no MQTT commands")
     parser.add_argument(

@@ -231,7 +231,7 @@ def test_rtsp_camera_killed_and_restarted_recovers_without_restart() -> None:
     source = ResilientSource(lambda: open_source(config), config, events)
     try:
         pump_until(source, lambda frames: len(frames) >= 5)
-        assert source.connected and events.kinds() == []
+        assert source.connected and events.kinds() == ["source.connected"]
 
         camera.kill()  # kill -9 mid-stream
         pump_until(source, lambda _: "source.lost" in events.kinds())
@@ -247,7 +247,7 @@ def test_rtsp_camera_killed_and_restarted_recovers_without_restart() -> None:
     finally:
         source.close()
         camera.kill()
-    assert events.kinds() == ["source.lost", "source.recovered"]
+    assert events.kinds() == ["source.connected", "source.lost", "source.recovered"]
     assert source.reconnects == 1
     assert all(frame.image.shape == (240, 320, 3) for frame in frames)
 
@@ -265,7 +265,7 @@ def test_resilient_source_starts_without_its_camera() -> None:
     finally:
         source.close()
         camera.kill()
-    assert events.kinds() == ["source.lost", "source.recovered"]
+    assert events.kinds() == ["source.lost", "source.recovered"]  # never connected before
 
 
 def test_resilient_source_passes_a_file_end_through(clips: dict[str, Path]) -> None:
@@ -277,7 +277,7 @@ def test_resilient_source_passes_a_file_end_through(clips: dict[str, Path]) -> N
             pump_until(source, lambda _: False)
     finally:
         source.close()
-    assert events.kinds() == []
+    assert events.kinds() == ["source.connected"]
 
 
 def test_resilient_source_gives_up_on_a_silent_camera_and_reconnects() -> None:
@@ -297,4 +297,4 @@ def test_resilient_source_gives_up_on_a_silent_camera_and_reconnects() -> None:
             pump_until(source, lambda frames: len(frames) >= 3)
         finally:
             source.close()
-    assert events.kinds() == ["source.lost", "source.recovered"]
+    assert events.kinds() == ["source.connected", "source.lost", "source.recovered"]

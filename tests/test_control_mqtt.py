@@ -59,6 +59,8 @@ class StandInApi:
 
     def telemetry(self) -> dict[str, Any]:
         return {
+            "output_fps": 25.0,
+            "source_fps": 25.0,
             "stages": {"output": {"fps": 25.0}},
             "latency": {"p50_ms": 40.0, "p95_ms": 55.0},
             **system_readings(),

@@ -111,12 +111,16 @@ class ResilientSource:
             return
         self.connected = True
         self._delay = self._config.reconnect_min_s
-        if self._lost:
-            self._lost = False
-            self.reconnects += 1
+        if not self._lost:  # the first frames ever: listeners (MQTT state) learn of it too
             self._emit(
-                Event("source.recovered", f"{self._label} is delivering frames again", self._data())
+                Event("source.connected", f"{self._label} is delivering frames", self._data())
             )
+            return
+        self._lost = False
+        self.reconnects += 1
+        self._emit(
+            Event("source.recovered", f"{self._label} is delivering frames again", self._data())
+        )
 
     def _lose(self, source: FrameSource, reason: str) -> None:
         """Drop `source` (once), tell the operator (once per outage), close and reopen it aside."""
@@ -130,7 +134,14 @@ class ResilientSource:
 
     def _report_lost(self, reason: str) -> None:
         self.last_error = reason
-        _LOG.warning("source %s lost: %s", self._label, reason)
+        # The first failure of an outage is a warning; its retries are routine (journald -p warning
+        # would otherwise get a line every reconnect_max_s for as long as the camera is away).
+        _LOG.log(
+            logging.INFO if self._lost else logging.WARNING,
+            "source %s lost: %s",
+            self._label,
+            reason,
+        )
         if not self._lost:
             self._lost = True
             self._emit(Event("source.lost", f"camera lost: {self.problem()}", self._data()))

@@ -26,8 +26,10 @@ class ControlApi(Protocol):
     """What a running appliance exposes to remote control.
 
     Keys that Home Assistant discovery templates read (keep them stable):
-    state: `compose_mode` (str), `plate_frozen` (bool).
-    telemetry: `stages.output.fps`, `latency.p95_ms`, `temperature_c` (the hottest zone).
+    state: `compose_mode` (str), `plate_frozen`, `source_connected`, `degraded` (bool),
+    `person_present` (bool or null), `plate`, `engine` (str), `problem` (str or null).
+    telemetry: `output_fps`, `source_fps`, `latency.p95_ms`, `temperature_c` (the hottest
+    zone; null where there is none).
     """
 
     def state(self) -> dict[str, Any]:

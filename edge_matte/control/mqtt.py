@@ -5,6 +5,9 @@ every request, announcement and reconfiguration in order (a slow config change n
 keepalives, and answers keep request order); a ticker publishes telemetry. The daemon never
 waits on the broker: while it is unreachable nothing is published and paho retries with
 backoff; on every (re)connect the retained config and state are republished before `online`.
+Between connects they follow the truth: every event (plate, source, engine, pipeline, config
+reload) pokes a pacer that republishes them, at most once per STATE_MIN_INTERVAL_S and only when
+they changed (`edge_matte.control.retained`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from ..config import MqttConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, EdgeMatteError
 from ..events import Event
 from . import discovery, handlers
 from .api import ControlApi
 from .client import Client, build_client, disable_nagle
+from .retained import Pacer, Retained, fit_jpeg
 from .topics import Topics
 
 _LOG = logging.getLogger(__name__)
@@ -37,6 +41,9 @@ JOIN_S = 10.0
 LIVE_FIELDS = frozenset({"telemetry_interval_s", "max_payload_bytes"})  # others reconnect
 RETAINED_REFUSAL = "retained messages are never executed; clear the retained message"
 BUSY_REFUSAL = "too many requests queued; try again later"
+STATE_MIN_INTERVAL_S = 0.5  # retained state/config republished at most this often on events
+IMAGE_IDLE_S = 1.0  # how often a disabled image publisher looks at its interval again
+VOLATILE_STATE = ("plate_age_s",)  # grows every second: not a change worth a retained message
 _AUTH_REFUSALS = {4, 5, 0x86, 0x87}  # 3.1.1: bad credentials, not authorised; 5: the same
 
 
@@ -61,6 +68,9 @@ class MqttControl:
         self._refused_publications = 0  # MQTT 5 only: 3.1.1 brokers drop denied messages silently
         self._error: str | None = None
         self._busy_refusals = 0
+        self._retained = Retained()
+        self._retained_lock = threading.Lock()  # one retained write at a time, in order
+        self._pacer = Pacer(self._refresh_retained, STATE_MIN_INTERVAL_S, "mqtt-state")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -70,10 +80,16 @@ class MqttControl:
         Raise ConfigError when the TLS files or the password file cannot be used.
         """
         client = build_client(self._mqtt, self._topics)
-        for target, name in ((self._work, "mqtt-worker"), (self._tick, "mqtt-telemetry")):
+        loops = (
+            (self._work, "mqtt-worker"),
+            (self._tick, "mqtt-telemetry"),
+            (self._publish_images, "mqtt-image"),
+        )
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._pacer.start()
         self._attach(client)
 
     def stop(self) -> None:
@@ -81,6 +97,7 @@ class MqttControl:
         self._stopping.set()
         self._wake.set()
         self._jobs.put(None)
+        self._pacer.stop(JOIN_S)
         for thread in self._threads:
             thread.join(JOIN_S)
         self._threads.clear()
@@ -92,12 +109,14 @@ class MqttControl:
         self._jobs.put(partial(self._reconfigure, config))
 
     def publish_event(self, event: Event) -> None:
-        """EventBus subscriber: publish on `events`, or keep it until the broker is back."""
+        """EventBus subscriber: publish on `events`, or keep it until the broker is back; then
+        let the retained state and config catch up with what the event changed."""
         payload = json.dumps(event.to_json(), default=str)
         if self._connected.is_set():
             self._publish(self._topics.events, payload)
         else:
             self._events.append(payload)
+        self._pacer.poke()
 
     def status(self) -> dict[str, Any]:
         """Connection health for logs and the daemon's state: connected, last error, refusals."""
@@ -230,9 +249,10 @@ class MqttControl:
                 return
             if answer.snapshot is not None:
                 self._publish(self._topics.snapshot, answer.snapshot)
+                if self._mqtt.image_interval_s > 0:
+                    self._publish_image(answer.snapshot)
             if answer.changed:
-                self._publish_config()
-                self._publish_state()
+                self._refresh_retained()
             self._publish(
                 f"{self._topics.base}/{answer.result_topic}", json.dumps(answer.result, default=str)
             )
@@ -267,8 +287,10 @@ class MqttControl:
     def _forget(self, old: MqttConfig, new: MqttConfig, topics: Topics) -> None:
         """Remove retained data that the new settings would leave behind at old topics."""
         if topics.base != self._topics.base:
-            for topic in (self._topics.state, self._topics.config):
+            for topic in (self._topics.state, self._topics.config, self._topics.image):
                 self._publish(topic, "", retain=True)
+        if old.image_interval_s > 0 and new.image_interval_s == 0:
+            self._publish(self._topics.image, "", retain=True)
         if old.homeassistant and discovery.removals(old) != discovery.removals(new):
             for topic, payload in discovery.removals(old):
                 self._publish(topic, payload, retain=True)
@@ -279,8 +301,8 @@ class MqttControl:
         """After every connect: retained config, state and discovery, queued events, `online`."""
         if not self._connected.is_set():
             return
-        self._publish_config()
-        self._publish_state()
+        self._retained.forget()  # the broker may have lost them: send both again
+        self._refresh_retained()
         self._announce_discovery()
         while self._events:
             self._publish(self._topics.events, self._events.popleft())
@@ -291,11 +313,24 @@ class MqttControl:
         for topic, payload in discovery.messages(self._mqtt, self._topics):
             self._publish(topic, payload, retain=True)
 
-    def _publish_config(self) -> None:
-        self._publish_from(self._topics.config, lambda: self._api.config().to_json(), retain=True)
+    def _refresh_retained(self) -> None:
+        """Republish the retained config and state, each only if it changed since last sent."""
+        if not self._connected.is_set():
+            return  # sent again on connect
+        with self._retained_lock:
+            self._publish_changed(self._topics.config, lambda: self._api.config().to_json())
+            self._publish_changed(self._topics.state, self._api.state, VOLATILE_STATE)
 
-    def _publish_state(self) -> None:
-        self._publish_from(self._topics.state, self._api.state, retain=True)
+    def _publish_changed(
+        self, topic: str, produce: Callable[[], dict[str, Any]], volatile: tuple[str, ...] = ()
+    ) -> None:
+        try:
+            data = produce()
+        except Exception:  # supervision boundary: daemon code failing must not stop MQTT
+            _LOG.exception("cannot produce the payload for %s", topic)
+            return
+        if self._retained.changed(topic, data, volatile):
+            self._publish(topic, json.dumps(data, default=str), retain=True)
 
     def _tick(self) -> None:
         while not self._stopping.is_set():
@@ -304,6 +339,22 @@ class MqttControl:
                 continue
             if self._connected.is_set():
                 self._publish_from(self._topics.telemetry, self._api.telemetry)
+
+    def _publish_images(self) -> None:
+        """Every mqtt.image_interval_s (0: off), the composite as a retained, size-capped JPEG."""
+        while not self._stopping.wait(self._mqtt.image_interval_s or IMAGE_IDLE_S):
+            if self._mqtt.image_interval_s > 0 and self._connected.is_set():
+                try:
+                    self._publish_image(self._api.snapshot_jpeg())
+                except EdgeMatteError as err:  # no frame yet
+                    _LOG.debug("no image to publish: %s", err)
+
+    def _publish_image(self, jpeg: bytes) -> None:
+        fitted = fit_jpeg(jpeg, self._mqtt.image_max_bytes)
+        if fitted is None:
+            _LOG.warning("composite image does not fit mqtt.image_max_bytes; not published")
+            return
+        self._publish(self._topics.image, fitted, retain=True)
 
     def _publish_from(
         self, topic: str, produce: Callable[[], dict[str, Any]], retain: bool = False

@@ -60,6 +60,11 @@ class Topics:
         return f"{self.base}/snapshot"
 
     @property
+    def image(self) -> str:
+        """Retained JPEG of the composite for Home Assistant's image entity (when enabled)."""
+        return f"{self.base}/image"
+
+    @property
     def events(self) -> str:
         return f"{self.base}/events"
 

@@ -160,6 +160,8 @@ class EngineChain:
                 failures.append(str(err) if str(err).startswith(f"{name}:") else f"{name}: {err}")
                 _LOG.warning("engine %s unavailable: %s", name, err)
                 continue
+            # In use before it is announced: listeners read `name`/`degraded` on the event.
+            self._current, self.engine = name, engine
             if reason != "start" or failures:
                 self._emit(
                     Event(
@@ -168,6 +170,5 @@ class EngineChain:
                         {"engine": name, "reason": reason, "skipped": failures},
                     )
                 )
-            self._current = name
             return engine
         raise EngineError("no matting engine could be started: " + "; ".join(failures or [reason]))
