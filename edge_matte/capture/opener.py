@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from ..frames import Frame, SourceInfo
+from ..redact import mask_uri
 from . import FrameSource
 from .opencv_source import open_file, open_rtsp, open_v4l2
 
@@ -39,14 +40,6 @@ class Grabber(Protocol):
     def grab(self) -> np.ndarray | None: ...
 
     def close(self) -> None: ...
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any user:password replaced by ***, for logs and messages."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 class ThreadedSource:
