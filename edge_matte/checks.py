@@ -63,12 +63,16 @@ def _synthetic_source(config: Config) -> None:
             raise ConfigError(f"source.uri: {err}") from err
 
 
+def _secret_file(section: str, file: Path | None) -> None:
+    if file is not None and not file.is_file():
+        raise ConfigError(f"{section}.password_file: {file}: no such file")
+
+
 def _stream_secret(config: Config) -> None:
     stream = config.stream
     if not stream.enabled:
         return
-    if stream.password_file is not None and not stream.password_file.is_file():
-        raise ConfigError(f"stream.password_file: {stream.password_file}: no such file")
+    _secret_file("stream", stream.password_file)
     password = stream.resolved_password()
     if stream.username is not None and not password:
         raise ConfigError(
@@ -95,8 +99,7 @@ def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
         return
-    if mqtt.password_file is not None and not mqtt.password_file.is_file():
-        raise ConfigError(f"mqtt.password_file: {mqtt.password_file}: no such file")
+    _secret_file("mqtt", mqtt.password_file)
     from .control.client import build_client  # paho only with MQTT on
     from .control.topics import Topics
 
