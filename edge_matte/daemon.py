@@ -342,7 +342,7 @@ class Daemon:
                     self._restart_pipeline(new, profile)
             except EdgeMatteError:
                 if persist:
-                    self._save_overrides(old, changed)  # the change did not happen: unsay it
+                    self._unsave_overrides(old, changed)
                 raise
             self._config = new
             self._operator = operator or self._operator
@@ -372,6 +372,14 @@ class Daemon:
                 )
             )
             raise
+
+    def _unsave_overrides(self, old: Config, changed: set[str]) -> None:
+        """The change did not happen: save the overrides as they were (the apply's error is
+        the one to report, so a failure here is only logged)."""
+        try:
+            self._save_overrides(old, changed)
+        except StorageError as err:
+            _LOG.error("cannot restore the overrides after a failed change: %s", err)
 
     def _set_background(self, args: dict[str, Any]) -> dict[str, Any]:
         media_dir = self._config.resolved_media_dir()

@@ -133,11 +133,11 @@ def _merged(raw: Any, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _read(path: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """The saved overrides ({key: {value, file_value}}), and problems that made any unusable."""
-    if not path.exists():
-        return {}, []
     try:
         data = config_mod.read_yaml(path, "overrides")
     except ConfigError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            return {}, []  # no remote change yet
         return {}, [f"{path}: ignored: {err}"]
     entries = data.get("overrides") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
