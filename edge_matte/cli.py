@@ -27,8 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     redact.install_log_filter()  # secrets out of every log line, from the first
     layers = overrides.load(args.config, problems)
     logging.getLogger().setLevel(layers.effective.log_level)
-    daemon = Daemon(layers.effective, args.config, operator=layers.operator)
-    daemon.settle_overrides(layers)
+    daemon = Daemon(layers.effective, args.config, layers=layers)
     for url in daemon.urls():
         print(f"edge-matte: open {url} in VLC or ffplay", flush=True)
     return daemon.run()

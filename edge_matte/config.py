@@ -322,7 +322,10 @@ class MqttConfig(Section):
         "5",
         description="MQTT protocol version (5 shows retained requests as retained; 3.1.1 only at subscription)",
     )
-    client_id: str | None = Field(None, description="Client id; None = edge-matte-<device_id>")
+    client_id: str | None = Field(
+        None,
+        description="Client id, 1-65535 bytes (brokers must accept 1-23 of [0-9a-zA-Z]); None = edge-matte-<device_id>",
+    )
     device_id: str = Field(
         default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()),
         pattern=r"^[A-Za-z0-9_-]{1,64}$",

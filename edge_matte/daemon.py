@@ -50,11 +50,12 @@ class Daemon:
         config: Config,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
-        operator: Config | None = None,
+        layers: overrides.Layers | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
-        self._operator = operator or config  # the operator's file alone, as last loaded
+        self._layers = layers  # how `config` was loaded; its news is told once control is up
+        self._operator = layers.operator if layers else config  # the operator's file alone
         self._lock = threading.RLock()  # serialises config changes and pipeline swaps
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -77,6 +78,8 @@ class Daemon:
             self._reapply_camera_controls()
             self.pipeline.start()
             self._start_control()
+            if self._layers is not None:
+                self.settle_overrides(self._layers)  # config.file_wins reaches MQTT too
             if not self._await_first_output():
                 return 1
             if self._stop.is_set():

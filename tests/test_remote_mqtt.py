@@ -274,11 +274,19 @@ def test_remote_changes_go_beside_the_operators_file_which_wins_when_edited(
         assert sorted(saved) == ["compose.blur_sigma", "source.fps"]
         assert daemon.stop() == 0
 
+    # Edited while the daemon was down: told at the next start, once control is up.
+    config["compose"]["blur_sigma"] = 3.0
+    write_config(path, config)
+    with Probe(broker, f"{BASE}/#") as probe, start_daemon(path):
+        event = probe.wait_for(f"{BASE}/events", lambda m: b"config.file_wins" in m.payload)
+        assert "compose.blur_sigma" in event.json()["message"]
+
     shown = edge_matte_cli("config", "show", "--effective", "--config", str(path))
     assert re.search(r'^compose\.mode: "passthrough"  # file', shown, re.M), shown
-    assert re.search(r"^compose\.blur_sigma: 7\.0  # override", shown, re.M), shown
+    assert re.search(r"^compose\.blur_sigma: 3\.0  # file", shown, re.M), shown
+    assert re.search(r"^source\.fps: 12\.0  # override", shown, re.M), shown
     assert re.search(r"^stream\.encoder: \"auto\"  # default", shown, re.M), shown
-    assert "2 override(s) removed" in edge_matte_cli("config", "reset", "--config", str(path))
+    assert "1 override(s) removed" in edge_matte_cli("config", "reset", "--config", str(path))
     assert "# override" not in edge_matte_cli("config", "show", "--config", str(path))
 
 
