@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -50,6 +51,18 @@ def mask(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, MASK)
     return text
+
+
+def mask_data(value: Any) -> Any:
+    """`value` (JSON-like data) with `mask` applied to every string in it, keys included;
+    numbers are left alone, so the JSON stays valid whatever the secret looks like."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {mask(str(key)): mask_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_data(item) for item in value]
+    return value
 
 
 def shorten(text: str, limit: int = MAX_TEXT) -> str:

@@ -249,8 +249,11 @@ def test_a_flood_beyond_the_queue_is_answered_busy_and_the_rest_served(
     assert api.control.status()["busy_refusals"] == 8
 
 
-def test_retained_commands_are_refused_not_executed(broker: Broker, tmp_path: Path) -> None:
-    mqtt = broker.mqtt_config(device_id="dev1")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_retained_commands_are_refused_not_executed(
+    broker: Broker, tmp_path: Path, protocol: str
+) -> None:
+    mqtt = broker.mqtt_config(device_id="dev1", protocol=protocol)
     with Probe(broker, "edge-matte/#") as probe:
         probe.publish("edge-matte/dev1/cmd/restart", b"{}", retain=True)
         with running(tmp_path, mqtt) as api:

@@ -329,3 +329,11 @@ def test_an_upload_over_the_size_quota_is_refused_and_nothing_written(tmp_path: 
     with pytest.raises(MediaError, match="upload_max_bytes"):
         uploads.store(encoded_image(1, 128), tmp_path, compose)
     assert not list(tmp_path.iterdir())
+
+
+def test_masking_published_data_keeps_it_valid_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redact, "_secrets", set())  # this process's secrets: this test's only
+    redact.remember_secret("123")
+    data = {"fps": 1234.5, "note": 'said "123" twice: 123', "123": [1230, "x123"]}
+    masked = redact.mask_data(data)
+    assert masked == {"fps": 1234.5, "note": 'said "***" twice: ***', "***": [1230, "x***"]}

@@ -24,7 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..config import MqttConfig
 from ..errors import ConfigError
 from ..events import Event
-from ..redact import mask
+from ..redact import mask_data
 from . import discovery, handlers
 from .api import ControlApi
 from .client import Client, build_client, disable_nagle
@@ -95,7 +95,7 @@ class MqttControl:
 
     def publish_event(self, event: Event) -> None:
         """EventBus subscriber: publish on `events`, or keep it until the broker is back."""
-        payload = mask(json.dumps(event.to_json(), default=str))
+        payload = json.dumps(mask_data(event.to_json()), default=str)
         if self._connected.is_set():
             self._publish(self._topics.events, payload)
         else:
@@ -311,7 +311,7 @@ class MqttControl:
         self, topic: str, produce: Callable[[], dict[str, Any]], retain: bool = False
     ) -> None:
         try:
-            payload = mask(json.dumps(produce(), default=str))
+            payload = json.dumps(mask_data(produce()), default=str)
         except Exception:  # supervision boundary: daemon code failing must not stop MQTT
             _LOG.exception("cannot produce the payload for %s", topic)
             return
