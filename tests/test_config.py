@@ -50,6 +50,8 @@ BAD = [
     ("mqtt:\n  device_id: 'a/b'\n", "mqtt.device_id"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("source: [\n", "not valid YAML"),
+    ("compose: {mode: blur}\ncompose: {mode: replace}\n", "duplicate key 'compose'"),
+    ("mqtt:\n  host: ''\n", "mqtt.host"),
 ]
 
 
