@@ -250,7 +250,7 @@ def _check_name(name: str) -> None:
 
 
 def _profile(name: str, info: SourceInfo, m: Measurement, lock: LockResult) -> Profile:
-    from .capture.opener import mask_uri  # keeps rtsp:// passwords out of the profile
+    from .redact import mask_uri  # keeps rtsp:// passwords out of the profile
 
     try:
         return Profile(

@@ -20,19 +20,21 @@ if TYPE_CHECKING:
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+DEFAULT_CONFIG = Path("/etc/edge-matte/edge-matte.yaml")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import config as config_mod
-    from . import memory
+    from . import memory, overrides, redact
+    from .checks import problems
     from .daemon import Daemon
 
     memory.tune_malloc()  # before any thread starts
-    cfg = config_mod.load(args.config)
-    logging.getLogger().setLevel(cfg.log_level)
+    redact.install_log_filter()  # secrets out of every log line, from the first
+    layers = overrides.load(args.config, problems)
+    logging.getLogger().setLevel(layers.effective.log_level)
     if args.rebuild:
-        _forget_engine_failures(cfg)
-    daemon = Daemon(cfg, args.config)
+        _forget_engine_failures(layers.effective)
+    daemon = Daemon(layers.effective, args.config, layers=layers)
     for url in daemon.urls():
         print(f"edge-matte: open {url} in VLC or ffplay", flush=True)
     return daemon.run()
@@ -47,14 +49,40 @@ def _forget_engine_failures(cfg: Config) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .daemon import check_config
+    from .checks import check_file
 
-    problems = check_config(args.file)
+    problems = check_file(args.file)
     for problem in problems:
         print(_one_line(problem), file=sys.stderr)
     if not problems:
         print(f"{args.file}: ok")
     return EXIT_USAGE if problems else 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import json
+
+    from . import overrides
+    from .checks import problems
+
+    layers = overrides.load(args.config, problems)
+    for key, value, origin in overrides.origins(layers, args.config):
+        print(f"{key}: {json.dumps(value)}  # {origin}")
+    for line in layers.dropped:
+        print(f"# not applied: {line}")
+    return 0
+
+
+def _config_reset(args: argparse.Namespace) -> int:
+    from . import config as config_mod
+    from . import overrides
+
+    path = overrides.path_for(config_mod.load(args.config))
+    removed = overrides.reset(path)
+    print(
+        f"{path}: {removed} override(s) removed; reload the daemon to apply (systemctl reload edge-matte)"
+    )
+    return 0
 
 
 def _matte(args: argparse.Namespace) -> int:
@@ -173,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="the YAML config file to check")
     check.set_defaults(func=_check_config)
 
+    _add_config_commands(sub)
+
     from .offline import add_matte_arguments, add_plate_build_arguments
 
     matte = _command(sub, "matte", "matte images or a video offline (the daemon's engines)")
@@ -231,6 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_commands(sub: argparse._SubParsersAction) -> None:
+    config = sub.add_parser(
+        "config", help="show the effective config, or drop the remote overrides"
+    ).add_subparsers(dest="config_command", required=True)
+    show = config.add_parser(
+        "show", help="every setting with its origin: default, the config file or an override"
+    )
+    show.add_argument(
+        "--effective", action="store_true", help="the merged config (the only view there is)"
+    )
+    reset = config.add_parser(
+        "reset", help="remove the overrides remote control saved in the state directory"
+    )
+    for command, func in ((show, _config_show), (reset, _config_reset)):
+        command.add_argument(
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"config file (default: {DEFAULT_CONFIG})",
+        )
+        command.set_defaults(func=func)
+
+
 def _one_line(text: str) -> str:
     """Multi-line messages (a YAML parser's) folded into one line, as logs and scripts expect."""
     return " ".join(text.split())
@@ -243,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"edge-matte: config error: {_one_line(str(err))}", file=sys.stderr)
+        for problem in err.problems:  # every problem, one per line
+            print(f"edge-matte: config error: {_one_line(problem)}", file=sys.stderr)
         return EXIT_USAGE
     except EdgeMatteError as err:
         print(f"edge-matte: {err}", file=sys.stderr)

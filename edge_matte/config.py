@@ -13,24 +13,41 @@ import os
 import re
 import reprlib
 import socket
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from . import atomic
+from . import atomic, redact
 from .errors import ConfigError
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHORT = reprlib.Repr()  # rejected values are echoed, but never at length (YAML alias bombs)
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 2
+_HOST = r"^[A-Za-z0-9._:-]{1,253}$"  # a name or an IPv4/IPv6 address: what paho and GLib accept
+_TOPIC_PART = r"^[A-Za-z0-9_/-]{1,64}$"  # no MQTT wildcards (+ #), no NUL, never empty
+MQTT_ID_MAX_BYTES = 65535  # an MQTT UTF-8 string's length field; brokers must take 1-23 bytes
+NAME_MAX_BYTES = 255  # one path component (ext4, NAME_MAX)
+BACKGROUND_MAX_CHARS = 1024
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys forbidden, assignments validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ModelT = TypeVar("ModelT", bound=Section)
 
 
 def _secret_from(value: SecretStr | None, file: Path | None, credential: str) -> str | None:
@@ -97,12 +114,15 @@ class SourceConfig(Section):
         description="At start, how long READY=1 waits for the camera's first frame; then the daemon reports ready anyway, serving NO SIGNAL with a problem",
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, uri: str) -> str:
+        if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", uri):
+            raise ValueError("unsupported scheme: use csi://, v4l2://, file://, rtsp:// or test://")
+        return uri
+
     @model_validator(mode="after")
     def _check(self) -> SourceConfig:
-        if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", self.uri):
-            raise ValueError(
-                f"unsupported source uri {self.uri!r}: use csi://, v4l2://, file://, rtsp:// or test://"
-            )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
@@ -246,6 +266,32 @@ class ComposeConfig(Section):
         None, description="Directory of replacement assets; None = <state_dir>/media"
     )
     blur_sigma: float = Field(15.0, gt=0, le=200, description="Gaussian sigma for blur mode")
+    upload_max_bytes: int = Field(
+        8_000_000,
+        ge=1024,
+        le=64_000_000,
+        description="Largest image accepted by cmd/background/set image_base64 (decoded bytes)",
+    )
+    upload_max_files: int = Field(
+        10, ge=1, le=1000, description="Uploaded images kept in media_dir (oldest unused removed)"
+    )
+    upload_max_total_bytes: int = Field(
+        50_000_000,
+        ge=1024,
+        le=10_000_000_000,
+        description="Bytes all kept uploads may take together (oldest unused removed)",
+    )
+
+    @field_validator("background")
+    @classmethod
+    def _background_name(cls, value: str) -> str:
+        if not value or len(value) > BACKGROUND_MAX_CHARS:
+            raise ValueError(f"must be 1 to {BACKGROUND_MAX_CHARS} characters")
+        if any(ord(char) < 32 or ord(char) == 127 for char in value):
+            raise ValueError("contains a control character")
+        if any(len(part.encode()) > NAME_MAX_BYTES for part in value.split("/")):
+            raise ValueError(f"a file name part is longer than {NAME_MAX_BYTES} bytes")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ComposeConfig:
@@ -257,7 +303,9 @@ class ComposeConfig(Section):
 class StreamConfig(Section):
     enabled: bool = Field(True, description="Serve the outputs over RTSP")
     bind: str = Field(
-        "0.0.0.0", description="Address the RTSP server listens on (0.0.0.0 = all interfaces)"
+        "0.0.0.0",
+        pattern=_HOST,
+        description="Address the RTSP server listens on (0.0.0.0 = all interfaces)",
     )
     port: int = Field(8554, ge=1, le=65535, description="RTSP port")
     outputs: list[Literal["composite", "alpha", "debug"]] = Field(
@@ -294,10 +342,16 @@ class TlsConfig(Section):
 
 class MqttConfig(Section):
     enabled: bool = Field(False, description="Connect to an MQTT broker for control and telemetry")
-    host: str = Field("localhost", description="Broker host")
+    host: str = Field("localhost", pattern=_HOST, description="Broker host")
     port: int = Field(1883, ge=1, le=65535, description="Broker port")
-    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version")
-    client_id: str | None = Field(None, description="Client id; None = edge-matte-<device_id>")
+    protocol: Literal["3.1.1", "5"] = Field(
+        "5",
+        description="MQTT protocol version (5 shows retained requests as retained; 3.1.1 only at subscription)",
+    )
+    client_id: str | None = Field(
+        None,
+        description="Client id, 1-65535 bytes (brokers must accept 1-23 of [0-9a-zA-Z]); None = edge-matte-<device_id>",
+    )
     device_id: str = Field(
         default_factory=lambda: re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()),
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
@@ -310,7 +364,7 @@ class MqttConfig(Section):
     )
     topic_prefix: str = Field(
         "edge-matte",
-        pattern=r"^[A-Za-z0-9_/-]{1,64}$",
+        pattern=_TOPIC_PART,
         description="Topics are <prefix>/<device_id>/...",
     )
     username: str | None = Field(None, description="Broker user")
@@ -327,7 +381,10 @@ class MqttConfig(Section):
         4_000_000, ge=1024, le=64_000_000, description="Larger command payloads are refused"
     )
     homeassistant: bool = Field(False, description="Publish Home Assistant MQTT discovery")
-    discovery_prefix: str = Field("homeassistant", description="Home Assistant discovery prefix")
+    discovery_prefix: str = Field(
+        "homeassistant", pattern=_TOPIC_PART, description="Home Assistant discovery prefix"
+    )
+
     image_interval_s: float = Field(
         0.0,
         ge=0,
@@ -344,6 +401,15 @@ class MqttConfig(Section):
         None,
         description="Link shown on the device's Home Assistant page (e.g. its HTTP view); None = none",
     )
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value.encode()) <= MQTT_ID_MAX_BYTES:
+            raise ValueError(f"must be 1 to {MQTT_ID_MAX_BYTES} bytes of UTF-8")
+        if value is not None and "\x00" in value:
+            raise ValueError("contains a NUL character")
+        return value
 
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "mqtt-password")
@@ -386,46 +452,15 @@ class Config(Section):
         return self.plate.path or self.resolved_state_dir() / "plate.png"
 
     def to_json(self) -> dict[str, Any]:
-        """The effective config as plain JSON (secrets masked)."""
-        return self.model_dump(mode="json", exclude_none=False)
+        """The effective config as plain JSON (secrets masked, camera credentials included)."""
+        data = self.model_dump(mode="json", exclude_none=False)
+        data["source"]["uri"] = redact.mask_uri(self.source.uri)
+        return data
 
     def digest(self) -> str:
         """A short hash identifying this config (reported in state)."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# Settings that name files or directories on the device: changing them remotely would let a
-# controller choose where the daemon reads and writes (and widen the media confinement).
-LOCAL_ONLY = (
-    "state_dir",
-    "calibration",
-    "compose.media_dir",
-    "plate.path",
-    "matting.weights",
-    "matting.cache_dir",
-    "stream.password_file",
-    "mqtt.password_file",
-    "mqtt.tls",
-)
-
-
-def refuse_local_only_changes(old: Config, new: Config) -> None:
-    """ConfigError naming each LOCAL_ONLY key a remote patch tried to change."""
-    changed = [key for key in LOCAL_ONLY if _get(old, key) != _get(new, key)]
-    if changed:
-        raise ConfigError(
-            "; ".join(
-                f"{key}: can only be changed in the config file on the device" for key in changed
-            )
-        )
-
-
-def _get(config: Config, dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def format_errors(err: ValidationError) -> list[str]:
@@ -440,10 +475,19 @@ def format_errors(err: ValidationError) -> list[str]:
     return lines
 
 
-def join_errors(lines: list[str], most: int = 20) -> str:
-    """One line of at most `most` problems (a YAML alias bomb can make thousands)."""
-    more = f"; ... and {len(lines) - most} more" if len(lines) > most else ""
-    return "; ".join(lines[:most]) + more
+MOST_ERRORS = 20
+
+
+def capped(lines: list[str], most: int = MOST_ERRORS) -> list[str]:
+    """At most `most` problems, each of bounded length (a YAML alias bomb or a patch of
+    200,000 unknown keys can make thousands, and keys themselves can be megabytes)."""
+    more = [f"... and {len(lines) - most} more"] if len(lines) > most else []
+    return [redact.shorten(line) for line in lines[:most]] + more
+
+
+def join_errors(lines: list[str], most: int = MOST_ERRORS) -> str:
+    """One line of at most `most` problems."""
+    return "; ".join(capped(lines, most))
 
 
 def parse(data: Any, origin: str = "config") -> Config:
@@ -452,29 +496,62 @@ def parse(data: Any, origin: str = "config") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: top level must be a mapping, got {type(data).__name__}")
+    return validate(Config, data, origin)
+
+
+def validate(model: type[ModelT], data: Any, origin: str) -> ModelT:
+    """`model` validated from `data`, or ConfigError with one problem per line."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{origin}: " + join_errors(format_errors(err))) from err
+        lines = capped(format_errors(err))
+        raise ConfigError(
+            f"{origin}: " + "; ".join(lines), [f"{origin}: {line}" for line in lines]
+        ) from err
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error, not a silent
+    override (the operator would believe the first value is in force)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_SHORT.repr(key)}", key_node.start_mark
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """The YAML document in `path`; ConfigError (naming the file) for every way it can be bad.
+
+    The one loader for the config, the overrides file and calibration profiles."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from err
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {what} is not valid YAML: {err}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{path}: {what} is nested too deeply") from err
 
 
 def load(path: Path | None) -> Config:
     """Read and validate a YAML config file; None gives the defaults."""
     if path is None:
         return Config()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    except RecursionError as err:
-        raise ConfigError(f"{path}: nested too deeply to be a config") from err
-    return parse(data, str(path))
+    return parse(read_yaml(path), str(path))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

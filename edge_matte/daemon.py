@@ -1,34 +1,34 @@
 """The daemon: runs the pipeline, answers control requests, talks to systemd.
 
 `Daemon` is the one implementation of `control.api.ControlApi`: MQTT (and the tests) change
-settings and issue commands only through it. Settings are validated, applied (live where the
-stage allows it, else by restarting the pipeline) and then persisted atomically; a failure at
-any step leaves both the running pipeline and the saved file as they were.
+settings and issue commands only through it. Remote settings are checked against what a remote
+controller may change (`edge_matte.remote`), validated, saved atomically to the overrides file
+(`edge_matte.overrides`; the operator's config file is never written) and then applied (live
+where the stage allows it, else by restarting the pipeline): a crash during the restart keeps
+the change, and a failure leaves the running pipeline and the saved overrides as they were.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import hashlib
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import cv2
 
-from . import __version__, atomic, memory
+from . import __version__, atomic, memory, overrides, redact, remote, uploads
 from . import config as config_mod
 from . import profile as profile_mod
 from .capture.v4l2_controls import apply_controls, v4l2_device
+from .checks import preflight, problems
 from .config import Config
-from .errors import ConfigError, EdgeMatteError, MediaError, StorageError
+from .errors import EdgeMatteError, MediaError, StorageError
 from .events import Event, EventBus
-from .media import decode_image, resolve_asset
+from .media import resolve_asset
 from .notify import Heartbeat, Notifier
 from .pipeline import Pipeline
 from .plate import store as plate_store
@@ -48,10 +48,16 @@ class Daemon:
     """One running appliance: pipeline + control + systemd notifications."""
 
     def __init__(
-        self, config: Config, config_path: Path | None = None, notifier: Notifier | None = None
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        layers: overrides.Layers | None = None,
     ) -> None:
         self._config = config
         self._config_path = config_path
+        self._layers = layers  # how `config` was loaded; its news is told once control is up
+        self._operator = layers.operator if layers else config  # the operator's file alone
         self._lock = threading.RLock()  # serialises config changes and pipeline swaps
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -64,6 +70,7 @@ class Daemon:
         self._problems_lock = threading.Lock()  # not _lock: events arrive during pipeline swaps
         self.bus.subscribe(self._on_event)  # before the pipeline: its first open may fail
         self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
+        _remember_secrets(config)
         self.pipeline = self._new_pipeline(config, self._profile)
         self._control = None
 
@@ -77,6 +84,8 @@ class Daemon:
             self._reapply_camera_controls()
             self.pipeline.start()
             self._start_control()
+            if self._layers is not None:
+                self.settle_overrides(self._layers)  # config.file_wins reaches MQTT too
             if not self._await_first_output():
                 return 1
             self._await_camera()
@@ -123,7 +132,7 @@ class Daemon:
         plate = self._config.resolved_plate_path()
         written = [plate, plate_store.sidecar(plate)]
         if self._config_path is not None:
-            written.append(self._config_path)
+            written.append(overrides.path_for(self._operator))
         for path in written:
             for leftover in atomic.sweep_leftovers(path):
                 _LOG.warning("removed %s, left by a write that was interrupted", leftover)
@@ -231,10 +240,12 @@ class Daemon:
         return stream.client_count() if stream is not None else 0
 
     def _reload_file(self) -> None:
-        """SIGHUP: re-read the config file and apply it (not re-persisted)."""
+        """SIGHUP: re-read the config file and the overrides and apply them."""
         self.notifier.reloading()
         try:
-            self._apply(config_mod.load(self._config_path), persist=False, trusted=True)
+            layers = overrides.load(self._config_path, problems)
+            self._apply(layers.effective, persist=False, trusted=True, operator=layers.operator)
+            self.settle_overrides(layers)
             _LOG.info("config reloaded from %s", self._config_path)
         except EdgeMatteError as err:
             _LOG.error("reload refused, keeping the running config: %s", err)
@@ -293,7 +304,7 @@ class Daemon:
             else ("running" if pipe.first_output.is_set() else "starting"),
             "engine": pipe.engine.name,
             "degraded": pipe.engine.degraded,
-            "source": _mask_credentials(self._config.source.uri),
+            "source": redact.mask_uri(self._config.source.uri),
             "source_connected": pipe.source.connected,
             "resolution": list(pipe.size),
             "plate": plate.get("state"),
@@ -347,39 +358,58 @@ class Daemon:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _apply(self, new: Config, persist: bool, trusted: bool) -> None:
-        """Apply `new`; on any failure the running state and the saved file stay as they were.
+    def settle_overrides(self, layers: overrides.Layers) -> None:
+        """Tell about overrides the operator's file won over, and save the overrides without
+        them (so the event is said once)."""
+        if not layers.dropped:
+            return
+        self.bus.emit(
+            Event(
+                "config.file_wins",
+                f"overrides not applied: {'; '.join(config_mod.capped(layers.dropped, 5))}",
+                {"dropped": config_mod.capped(layers.dropped)},
+            )
+        )
+        if layers.path is not None:
+            try:
+                overrides.save(layers.operator, layers.effective, layers.path)
+            except StorageError as err:
+                _LOG.error("cannot rewrite the overrides file: %s", err)
 
-        `trusted` is True only for the operator's own file (SIGHUP): remote patches may name
-        assets inside the media directory only, never absolute paths.
+    def _apply(
+        self, new: Config, persist: bool, trusted: bool, operator: Config | None = None
+    ) -> None:
+        """Apply `new`; on any failure the running state and the saved overrides stay as they were.
+
+        `trusted` is True only for the operator's own file (SIGHUP, with its `operator` config):
+        remote patches may change only remote keys and name assets inside the media directory.
+        A remote change is saved before it is applied, so a kill during a restart keeps it.
         """
         with self._lock:
             old = self._config
             changed = {key for key in Config.model_fields if getattr(old, key) != getattr(new, key)}
             if not changed:
+                self._operator = operator or self._operator
                 return
             if not trusted:
-                config_mod.refuse_local_only_changes(old, new)
+                remote.refuse(old, new)
                 _confine_background(old, new)
-            previous_profile = self._profile
-            if _live(old, new, changed):
-                self._apply_live(new, trusted)  # MediaError keeps the old
-            else:
-                self._restart_pipeline(new, preflight(new))  # ConfigError: nothing stopped
+            _remember_secrets(new)  # before anything logs the new settings
+            live = _live(old, new, changed)
+            profile = self._profile if live else preflight(new)  # ConfigError: nothing changed
+            if persist:
+                self._save_overrides(new, changed)
             try:
-                if persist and self._config_path is not None:
-                    config_mod.save(new, self._config_path)
-            except StorageError as err:
-                self._revert(old, new, changed, previous_profile)
-                self.bus.emit(
-                    Event(
-                        "config.save_failed",
-                        f"config change undone, it could not be saved: {err}",
-                        {"path": str(self._config_path), "sections": sorted(changed)},
-                    )
-                )
+                if live:
+                    self._apply_live(new, trusted)  # MediaError keeps the old
+                else:
+                    self._restart_pipeline(new, profile)
+            except EdgeMatteError:
+                if persist:
+                    self._unsave_overrides(old, changed)
                 raise
             self._config = new
+            self._operator = operator or self._operator
             if "mqtt" in changed and self._control is not None:
                 self._control.reconfigure(new.mqtt)
         self.bus.emit(
@@ -396,13 +426,30 @@ class Daemon:
         self.pipeline.until_ready = new.plate.until_ready
         logging.getLogger().setLevel(new.log_level)
 
-    def _revert(
-        self, old: Config, new: Config, changed: set[str], profile: profile_mod.Profile | None
-    ) -> None:
-        if _live(old, new, changed):
-            self._apply_live(old, trusted=True)
-        else:
-            self._restart_pipeline(old, profile)
+    def _save_overrides(self, config: Config, changed: set[str]) -> None:
+        """Save how `config` differs from the operator's file; StorageError changes nothing."""
+        if self._config_path is None:
+            return  # no operator file: changes live until the process ends
+        path = overrides.path_for(self._operator)
+        try:
+            overrides.save(self._operator, config, path)
+        except StorageError as err:
+            self.bus.emit(
+                Event(
+                    "config.save_failed",
+                    f"config change undone, it could not be saved: {err}",
+                    {"path": str(path), "sections": sorted(changed)},
+                )
+            )
+            raise
+
+    def _unsave_overrides(self, old: Config, changed: set[str]) -> None:
+        """The change did not happen: save the overrides as they were (the apply's error is
+        the one to report, so a failure here is only logged)."""
+        try:
+            self._save_overrides(old, changed)
+        except StorageError as err:
+            _LOG.error("cannot restore the overrides after a failed change: %s", err)
 
     def _set_background(self, args: dict[str, Any]) -> dict[str, Any]:
         media_dir = self._config.resolved_media_dir()
@@ -410,7 +457,7 @@ class Daemon:
             resolve_asset(str(args["name"]), media_dir)  # confinement check before anything changes
             name = str(args["name"])
         elif "image_base64" in args:
-            name = self._store_upload(str(args["image_base64"]), media_dir)
+            name = uploads.store(str(args["image_base64"]), media_dir, self._config.compose)
         else:
             raise MediaError("background/set needs 'name' or 'image_base64'")
         patched = config_mod.apply_patch(
@@ -418,19 +465,6 @@ class Daemon:
         )
         self.apply_config(patched)
         return {"background": name}
-
-    def _store_upload(self, encoded: str, media_dir: Path) -> str:
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as err:
-            raise MediaError(f"image_base64 is not valid base64: {err}") from err
-        image = decode_image(data)  # refuse non-images and bombs before writing anything
-        name = f"upload-{hashlib.sha256(data).hexdigest()[:12]}.png"
-        ok, png = cv2.imencode(".png", image)
-        if not ok:
-            raise MediaError("could not re-encode the uploaded image")
-        atomic.write_bytes(media_dir / name, png.tobytes())
-        return name
 
     def _status_line(self) -> str:
         """STATUS=: what is wrong first (or which camera READY waits for), then the figures."""
@@ -441,14 +475,8 @@ class Daemon:
         if not health.ok:
             line = f"problem: {health.problem}; {health.source_fps:.1f} fps from the camera, {line}"
         if self._awaiting_camera:
-            line = f"waiting for camera {_mask_credentials(self._config.source.uri)}; {line}"
+            line = f"waiting for camera {redact.mask_uri(self._config.source.uri)}; {line}"
         return line
-
-
-def _load_profile(config: Config) -> profile_mod.Profile | None:
-    if config.calibration is None:
-        return None
-    return profile_mod.load(config.calibration)
 
 
 def _live(old: Config, new: Config, changed: set[str]) -> bool:
@@ -477,36 +505,14 @@ def _confine_background(old: Config, new: Config) -> None:
         resolve_asset(background, new.resolved_media_dir())
 
 
-@functools.lru_cache(maxsize=1)
-def _mask_credentials(uri: str) -> str:
-    """rtsp://user:pass@host -> rtsp://***@host: secrets never leave the device in state."""
-    scheme, sep, rest = uri.partition("://")
-    if "@" in rest.split("/")[0]:
-        return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
-    return uri
-
-
-def preflight(config: Config) -> profile_mod.Profile | None:
-    """What the schema alone cannot check, before anything starts: the files the config names
-    exist and the test:// query parses. Return the calibration profile; ConfigError naming the key."""
-    weights = config.matting.weights
-    if weights is not None and not weights.is_file():
-        raise ConfigError(f"matting.weights: {weights}: no such file")
-    source = config.source
-    if source.uri.startswith("test://"):
-        from .capture.synthetic import parse_uri
-
-        try:
-            parse_uri(source.uri, source.width, source.height, source.fps)
-        except ConfigError as err:
-            raise ConfigError(f"source.uri: {err}") from err
-    return _load_profile(config)
-
-
-def check_config(path: Path) -> list[str]:
-    """Validate a config file (and what `preflight` checks); [] when valid."""
+def _remember_secrets(config: Config) -> None:
+    """Mask this config's passwords (camera URI, RTSP, broker) in every log line and message."""
     try:
-        preflight(config_mod.load(path))
-    except ConfigError as err:
-        return [str(err)]
-    return []
+        redact.remember_secret(urlsplit(config.source.uri).password)
+    except ValueError:  # not a parseable URI: it has no password part either
+        pass
+    for section in (config.stream, config.mqtt):
+        try:
+            redact.remember_secret(section.resolved_password())
+        except EdgeMatteError:  # unreadable: nothing to mask (preflight reports it)
+            pass

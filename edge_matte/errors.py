@@ -10,7 +10,15 @@ class EdgeMatteError(Exception):
 
 
 class ConfigError(EdgeMatteError):
-    """A config file, patch or calibration profile is invalid; nothing was applied."""
+    """A config file, patch or calibration profile is invalid; nothing was applied.
+
+    `problems` lists each problem on its own line (what `check-config` and a refused start
+    print); the message joins them.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 class CheckpointError(EdgeMatteError):

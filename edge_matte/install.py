@@ -118,7 +118,7 @@ def install(
     actions.append(_ensure_user(tree, user))
     owner = _lookup_owner(tree, user)
     actions += [
-        _ensure_dir(tree(CONFIG_DIR), 0o770, Owner(0, owner.gid)),
+        _ensure_dir(tree(CONFIG_DIR), 0o750, Owner(0, owner.gid)),
         _ensure_dir(tree(STATE_DIR), 0o750, owner),
         _ensure_dir(tree(CACHE_DIR), 0o750, owner),
         _ensure_config(tree, source, owner),
@@ -409,9 +409,12 @@ def _ensure_config(tree: Tree, source: Path, owner: Owner) -> str:
     path = tree(CONFIG_FILE)
     if path.exists():
         return f"unchanged {path} (existing config kept)"
-    atomic.write_text(path, (source / "edge-matte.yaml").read_text(), 0o600)
-    _set_mode_owner(path, 0o600, owner)  # owned by the daemon, which persists MQTT changes to it
-    return f"created {_shown(path, 0o600, owner)}"
+    # Root's, readable by the daemon's group: remote changes go to the state directory's
+    # overrides file (edge_matte.overrides), never here.
+    mode, file_owner = 0o640, Owner(0, owner.gid)
+    atomic.write_text(path, (source / "edge-matte.yaml").read_text(), mode)
+    _set_mode_owner(path, mode, file_owner)
+    return f"created {_shown(path, mode, file_owner)}"
 
 
 def _set_mode_owner(path: Path, mode: int, owner: Owner) -> None:

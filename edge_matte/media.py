@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import MediaError
+from .redact import shorten
 
 _LOG = logging.getLogger(__name__)
 
@@ -50,19 +51,23 @@ def resolve_asset(name: str, media_dir: Path, *, allow_absolute: bool = False) -
     Absolute paths outside the media directory are accepted only with `allow_absolute`,
     which is meant for the operator's own config file, never for names received remotely.
     """
+    shown = shorten(repr(name), 100)  # names come from the network: never echoed at length
     if not name or "\x00" in name:
-        raise MediaError(f"asset name {name!r} is empty or contains a NUL byte")
+        raise MediaError(f"asset name {shown} is empty or contains a NUL byte")
     root = Path(media_dir).resolve()
     candidate = Path(name)
     if not candidate.is_absolute() and ".." in candidate.parts:
-        raise MediaError(f"asset name {name!r} must not contain '..'")
-    path = (root / candidate).resolve()
-    if not (allow_absolute and candidate.is_absolute()) and not path.is_relative_to(root):
-        raise MediaError(f"asset {name!r} is outside the media directory {root}")
-    if not path.exists():
-        raise MediaError(f"asset {name!r} not found (looked for {path})")
-    if not path.is_file():
-        raise MediaError(f"asset {name!r} is not a regular file ({path})")
+        raise MediaError(f"asset name {shown} must not contain '..'")
+    try:
+        path = (root / candidate).resolve()
+        if not (allow_absolute and candidate.is_absolute()) and not path.is_relative_to(root):
+            raise MediaError(f"asset {shown} is outside the media directory {root}")
+        if not path.exists():
+            raise MediaError(f"asset {shown} not found in {root}")
+        if not path.is_file():
+            raise MediaError(f"asset {shown} is not a regular file")
+    except OSError as err:  # a name too long, a symlink loop
+        raise MediaError(f"asset {shown} cannot be looked up: {err.strerror}") from err
     return path
 
 

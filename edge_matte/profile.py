@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from . import atomic
-from .config import Section, format_errors
+from .config import Section, read_yaml, validate
 from .errors import ConfigError
 
 
@@ -59,18 +59,10 @@ class Profile(Section):
 
 def load(path: Path) -> Profile:
     """Read and validate a profile; raise ConfigError naming the problem."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read profile: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: profile is not valid YAML: {err}") from err
+    data = read_yaml(path, "profile")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: profile must be a mapping")
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: " + "; ".join(format_errors(err))) from err
+    return validate(Profile, data, str(path))
 
 
 def save(profile: Profile, path: Path) -> None:

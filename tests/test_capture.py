@@ -134,7 +134,7 @@ def test_csi_without_jetson_utils_says_what_is_missing() -> None:
 
 
 def test_unknown_schemes_are_refused() -> None:
-    with pytest.raises(ValidationError, match="unsupported source uri"):
+    with pytest.raises(ValidationError, match="unsupported scheme"):
         SourceConfig(uri="http://camera/stream")
     unchecked = SourceConfig.model_construct(uri="gopher://camera", width=64, height=48)
     with pytest.raises(SourceError, match="unsupported source gopher://camera"):

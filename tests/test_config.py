@@ -41,7 +41,7 @@ BAD = [
     ("source:\n  widht: 640\n", "source.widht: unknown key"),
     ("source:\n  width: -3\n", "source.width"),
     ("source:\n  width: wide\n", "source.width"),
-    ("source:\n  uri: ftp://x\n", "unsupported source uri"),
+    ("source:\n  uri: ftp://x\n", "source.uri: Value error, unsupported scheme"),
     ("matting:\n  refine_mode: fast\n", "matting.refine_mode"),
     ("matting:\n  backbone_scale: 0.9\n", "matting.backbone_scale"),
     ("compose:\n  background: '#12345'\n", "#RRGGBB"),
@@ -50,6 +50,8 @@ BAD = [
     ("mqtt:\n  device_id: 'a/b'\n", "mqtt.device_id"),
     ("- just\n- a list\n", "top level must be a mapping"),
     ("source: [\n", "not valid YAML"),
+    ("compose: {mode: blur}\ncompose: {mode: replace}\n", "duplicate key 'compose'"),
+    ("mqtt:\n  host: ''\n", "mqtt.host"),
 ]
 
 
@@ -120,18 +122,3 @@ def test_patch_keeps_inline_secrets() -> None:
     new = config.apply_patch(cfg, {"compose": {"mode": "blur"}})
     assert new.mqtt.resolved_password() == "right-pw"
     assert new.stream.resolved_password() == "rtsp-pw"
-
-
-@pytest.mark.parametrize("key", config.LOCAL_ONLY)
-def test_remote_patches_may_not_move_files(key: str) -> None:
-    cfg = config.Config()
-    section, _, field = key.rpartition(".")
-    value = {"ca_file": "/etc/shadow"} if key == "mqtt.tls" else "/tmp/elsewhere"
-    patch = {section: {field: value}} if section else {field: value}
-    with pytest.raises(ConfigError, match=f"{key}: can only be changed in the config file"):
-        config.refuse_local_only_changes(cfg, config.apply_patch(cfg, patch))
-
-
-def test_remote_patches_of_other_keys_pass() -> None:
-    cfg = config.Config()
-    config.refuse_local_only_changes(cfg, config.apply_patch(cfg, {"compose": {"mode": "blur"}}))

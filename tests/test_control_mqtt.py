@@ -181,11 +181,6 @@ def test_config_set_is_applied_persisted_answered_and_republished(
             [REFUSED_ASSET],
         ),
         (
-            b'{"id": "r8", "mqtt": {"tls": {"ca_file": "/nonexistent/ca.crt"}}}',
-            "r8",
-            ["mqtt.tls.ca_file"],
-        ),
-        (
             b'{"id": "r9", "compose": {"blur_sigma": "\\u0000"}}',
             None,
             ["compose.blur_sigma: contains a NUL"],
@@ -211,7 +206,7 @@ def test_commands_are_validated_executed_and_answered(
 ) -> None:
     api, probe, dev = device
 
-    def command(name: str, payload: str | bytes = b"") -> dict[str, Any]:
+    def command(name: str, payload: str | bytes = b"{}") -> dict[str, Any]:
         return probe.request(f"{dev}/cmd/{name}", payload, f"{dev}/cmd/result").json()
 
     assert command("plate/capture", '{"id": 5}') == {
@@ -256,8 +251,11 @@ def test_a_flood_beyond_the_queue_is_answered_busy_and_the_rest_served(
     assert api.control.status()["busy_refusals"] == 8
 
 
-def test_retained_commands_are_refused_not_executed(broker: Broker, tmp_path: Path) -> None:
-    mqtt = broker.mqtt_config(device_id="dev1")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_retained_commands_are_refused_not_executed(
+    broker: Broker, tmp_path: Path, protocol: str
+) -> None:
+    mqtt = broker.mqtt_config(device_id="dev1", protocol=protocol)
     with Probe(broker, "edge-matte/#") as probe:
         probe.publish("edge-matte/dev1/cmd/restart", b"{}", retain=True)
         with running(tmp_path, mqtt) as api:

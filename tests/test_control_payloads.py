@@ -46,9 +46,10 @@ def test_decode_object_refuses_bad_payloads_naming_the_key(payload: bytes, key: 
     assert any(key in line for line in caught.value.errors), caught.value.errors
 
 
-def test_decode_object_accepts_objects_and_empty_when_allowed() -> None:
+def test_decode_object_accepts_objects_and_never_blank_payloads() -> None:
     assert decode_object(b' {"compose": {"mode": "blur"}} ', LIMIT) == {"compose": {"mode": "blur"}}
-    assert decode_object(b"  ", LIMIT, allow_empty=True) == {}
+    with pytest.raises(PayloadError, match="malformed JSON"):
+        decode_object(b"  ", LIMIT)  # a command without arguments is {}
 
 
 @pytest.mark.parametrize(

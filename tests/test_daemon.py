@@ -126,6 +126,15 @@ BAD_CONFIGS = [
         {"matting": {"weights": "/nonexistent/pytorch_mobilenetv2.pth"}},
         "matting.weights",
     ),
+    # Issue 17 (8): check-config called these ok, then `run` failed on them.
+    ("empty-mqtt-host", {"mqtt": {"enabled": True, "host": ""}}, "mqtt.host"),
+    ("rtsp-user-without-password", {"stream": {"username": "viewer"}}, "stream.username"),
+    (
+        "missing-password-file",
+        {"mqtt": {"enabled": True, "password_file": "/nonexistent/mqtt-password"}},
+        "mqtt.password_file",
+    ),
+    ("wildcard-discovery-prefix", {"mqtt": {"discovery_prefix": "home/#"}}, "discovery_prefix"),
 ]
 
 

@@ -24,6 +24,7 @@ from fault_tools import output_frames, running, small_config
 from rtsp_tools import wait_until
 
 from edge_matte import config as config_mod
+from edge_matte import overrides
 from edge_matte.daemon import Daemon
 from edge_matte.errors import StorageError
 from edge_matte.plate import PlateKeeper, store
@@ -83,6 +84,7 @@ class StorageScene:
         config = small_config(volume / "state")
         config_mod.save(config, self.config_path)
         self.daemon = Daemon(config_mod.load(self.config_path), self.config_path)
+        self.overrides_path = overrides.path_for(config)
         size = self.daemon.pipeline.size
         self.plates = [np.full((size[1], size[0], 3), level, np.uint8) for level in (40, 200)]
 
@@ -112,18 +114,21 @@ def assert_saves_refused(scene: StorageScene, volume: Path, log) -> None:
         with pytest.raises(StorageError):
             scene.apply(patch)
         event = log.wait_for("config.save_failed", count)
-        assert event.data["path"] == str(scene.config_path)
+        assert event.data["path"] == str(scene.overrides_path)
         assert scene.daemon.config() == config  # the change is undone
         scene.assert_serving()
     assert files_in(volume) == on_disk  # no torn files, no temp litter
     image, _ = store.load(volume / "state" / "plate.png")
     assert np.array_equal(image, scene.plates[0])
     assert config_mod.load(scene.config_path) == config
+    assert not scene.overrides_path.exists()
 
 
 def assert_saves_work_again(scene: StorageScene, volume: Path, log) -> None:
+    operator_file = scene.config_path.read_bytes()
     scene.apply(LIVE_PATCH)
-    assert config_mod.load(scene.config_path).compose.background == "#102030"
+    assert overrides.load(scene.config_path).effective.compose.background == "#102030"
+    assert scene.config_path.read_bytes() == operator_file  # never written by the daemon
     scene.daemon.pipeline.plate.load_array(scene.plates[1])
     image, _ = store.load(volume / "state" / "plate.png")
     assert np.array_equal(image, scene.plates[1])
@@ -291,15 +296,28 @@ def test_kill_9_at_every_rename_and_fsync_leaves_old_or_new(tmp_path: Path, name
     assert outcomes == sorted(outcomes) and (1, 0) in outcomes
 
 
+# Saves the overrides a remote change of compose.mode to blur makes (argv: the state directory).
+_OVERRIDES_WRITER = """
+import sys
+from edge_matte import config as config_mod, overrides
+operator = config_mod.parse({"state_dir": sys.argv[1]})
+blur = config_mod.apply_patch(operator, {"compose": {"mode": "blur"}})
+overrides.save(operator, blur, overrides.path_for(operator))
+"""
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (apt: strace)")
 def test_a_restart_sweeps_the_temp_files_of_killed_writes(tmp_path: Path) -> None:
     write_versions(tmp_path, 0, 1)
-    # Killed at its first fsync, the writer leaves the config's temp file beside the old config.
+    # Killed at its first fsync, a save leaves the overrides' temp file and no overrides.
     wrap = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync"]
     wrap += ["-e", "inject=fsync:signal=KILL:when=1"]
-    assert write_versions(tmp_path, 1, 2, wrap) == -signal.SIGKILL
+    killed = subprocess.run(
+        [*wrap, sys.executable, "-c", _OVERRIDES_WRITER, str(tmp_path)], check=False, timeout=60
+    )
+    assert killed.returncode == -signal.SIGKILL
     leftovers = sorted(tmp_path.glob(".*.tmp"))
-    assert [path.name.split(".")[1] for path in leftovers] == ["edge-matte"]
+    assert [path.name.split(".")[1] for path in leftovers] == ["config-overrides"]
     unrelated = tmp_path / ".notes.txt.1234.tmp"  # not a temp file of ours: left alone
     unrelated.write_text("keep me")
     daemon = Daemon(small_config(tmp_path), config_path=tmp_path / "edge-matte.yaml")

@@ -23,7 +23,7 @@ from daemon_tools import DaemonProcess, NotifySocket, daemon_config, write_confi
 from fault_tools import WAIT_S
 from rtsp_tools import free_port, read_frames
 
-from edge_matte import config as config_mod
+from edge_matte import overrides
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
 from edge_matte.plate import store
 
@@ -114,7 +114,8 @@ def test_hung_inference_stops_the_pings_and_a_restart_brings_plate_and_config_ba
     saved_plate, meta = store.load(state / "plate.png")  # intact after the kill
     assert meta.source_uri == SCENE
     assert np.abs(saved_plate.astype(int) - empty_room()).mean() < 3  # the empty room it saw
-    saved_config = config_mod.load(path)
+    operator_file = path.read_bytes()
+    saved_config = overrides.load(path).effective  # the remote change, kept beside the file
     assert saved_config.compose.background == GREEN
 
     restarted = DaemonProcess(path, {"WATCHDOG_USEC": str(WATCHDOG_USEC)}, notify)
@@ -129,4 +130,5 @@ def test_hung_inference_stops_the_pings_and_a_restart_brings_plate_and_config_ba
         # without the config change no pixel would be green).
         assert green.mean() > 0.6
         assert restarted.stop() == 0
-    assert config_mod.load(path) == saved_config  # the restart did not rewrite it
+    assert path.read_bytes() == operator_file  # the restart did not rewrite it
+    assert overrides.load(path).effective == saved_config

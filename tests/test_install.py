@@ -84,8 +84,8 @@ def test_install_lays_down_the_expected_tree(root: Path) -> None:
     assert "edge-matte" in _members(root, "video") and "edge-matte" in _members(root, "render")
     service = (int(uid), int(gid))
     expected = {
-        "etc/edge-matte": (0o770, (0, service[1])),
-        "etc/edge-matte/edge-matte.yaml": (0o600, service),
+        "etc/edge-matte": (0o750, (0, service[1])),  # the daemon never writes here
+        "etc/edge-matte/edge-matte.yaml": (0o640, (0, service[1])),
         "var/lib/edge-matte": (0o750, service),
         "var/cache/edge-matte": (0o750, service),
         "etc/systemd/system/edge-matte.service": (0o644, (0, 0)),

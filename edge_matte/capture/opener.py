@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from ..config import SourceConfig
 from ..errors import SourceError, SourceTimeout
 from ..frames import Frame, SourceInfo
+from ..redact import mask_uri
 from . import FrameSource
 from .jetson_source import JetsonGrabber, jetson_utils_usable
 from .opencv_source import open_file, open_rtsp, open_v4l2
@@ -41,14 +42,6 @@ class Grabber(Protocol):
     def grab(self) -> np.ndarray | None: ...
 
     def close(self) -> None: ...
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any user:password replaced by ***, for logs and messages."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 class ThreadedSource:

@@ -18,8 +18,8 @@ from ..config import SourceConfig
 from ..errors import SourceEnded, SourceError, SourceTimeout
 from ..events import Emit, Event
 from ..frames import Frame, SourceInfo
+from ..redact import mask_uri
 from . import FrameSource
-from .opener import mask_uri
 
 _LOG = logging.getLogger(__name__)
 

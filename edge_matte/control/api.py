@@ -47,7 +47,8 @@ class ControlApi(Protocol):
         ...
 
     def apply_config(self, config: Config) -> None:
-        """Apply live (or restart the affected stage) and persist atomically.
+        """Refuse changes to device-only keys (`edge_matte.remote`), save the change to the
+        overrides file, then apply it live (or restart the affected stage).
 
         Raise EdgeMatteError (ConfigError/StorageError/MediaError) and change nothing on failure.
         """

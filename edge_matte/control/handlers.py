@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from .. import config as config_mod
 from ..errors import ConfigError, EdgeMatteError
+from ..redact import mask, shorten
 from . import payloads
 from .api import ControlApi
-from .client import build_client
 from .payloads import PayloadError
-from .topics import AUTO_REFRESH_SET, CMD_PREFIX, CMD_RESULT, CONFIG_SET, Topics
+from .topics import AUTO_REFRESH_SET, CMD_PREFIX, CMD_RESULT, CONFIG_SET
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def dispatch(
     try:
         return handler(api, relative, payload, refusal)
     except Exception as err:  # supervision boundary: a bug must not kill the control thread
-        _LOG.exception("handling %s failed", relative)
+        _LOG.exception("handling %s failed", shorten(relative))
         return handler(api, relative, payload, f"internal error: {type(err).__name__}: {err}")
 
 
@@ -84,9 +84,7 @@ def _config_set(api: ControlApi, relative: str, payload: bytes, refusal: str | N
         new = config_mod.apply_patch(old, patch)
         if new == old:
             return _config_answer(request_id, [])
-        if new.mqtt != old.mqtt and new.mqtt.enabled:
-            build_client(new.mqtt, Topics.from_config(new.mqtt))  # broker settings usable?
-        api.apply_config(new)
+        api.apply_config(new)  # refuses device-only keys before opening anything
     except PayloadError as err:
         return _config_answer(request_id, err.errors)
     except ConfigError as err:
@@ -97,14 +95,16 @@ def _config_set(api: ControlApi, relative: str, payload: bytes, refusal: str | N
 
 
 def _config_answer(request_id: payloads.RequestId, errors: list[str]) -> Answer:
-    return Answer(CONFIG_RESULT, {"id": request_id, "ok": not errors, "errors": errors})
+    """The answer; at most 20 errors of bounded length, secrets masked."""
+    shown = [mask(line) for line in config_mod.capped(errors)]
+    return Answer(CONFIG_RESULT, {"id": request_id, "ok": not errors, "errors": shown})
 
 
 def _config_errors(err: ConfigError) -> list[str]:
     """One line per problem, keys dotted (`compose.mode: ...`), from the validation error."""
     if isinstance(err.__cause__, ValidationError):
         return config_mod.format_errors(err.__cause__)
-    return [str(err)]
+    return err.problems
 
 
 def _command(api: ControlApi, relative: str, payload: bytes, refusal: str | None) -> Answer:
@@ -114,9 +114,7 @@ def _command(api: ControlApi, relative: str, payload: bytes, refusal: str | None
     if refusal is not None:
         return _command_answer(request_id, name, error=refusal)
     try:
-        request_id, args = payloads.split_id(
-            payloads.decode_object(payload, limit, allow_empty=True)
-        )
+        request_id, args = payloads.split_id(payloads.decode_object(payload, limit))
         args = payloads.command_args(name, args, limit)
         if name == "snapshot":
             jpeg = api.snapshot_jpeg()
@@ -138,11 +136,14 @@ def _auto_refresh(api: ControlApi, relative: str, payload: bytes, refusal: str |
         refusal = "<payload>: expected ON or OFF"
     if refusal is not None:
         return _command_answer(None, relative, error=refusal)
-    return _command(api, CMD_PREFIX + choice, b"", None)
+    return _command(api, CMD_PREFIX + choice, b"{}", None)
 
 
 def _command_answer(request_id: payloads.RequestId, name: str, error: str) -> Answer:
-    return Answer(COMMAND_RESULT, {"id": request_id, "command": name, "ok": False, "error": error})
+    shown = shorten(mask(error))
+    return Answer(
+        COMMAND_RESULT, {"id": request_id, "command": shorten(name), "ok": False, "error": shown}
+    )
 
 
 def _command_result(

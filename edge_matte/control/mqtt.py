@@ -22,10 +22,12 @@ from functools import partial
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import MqttConfig
 from ..errors import ConfigError, EdgeMatteError
 from ..events import Event
+from ..redact import mask_data
 from . import discovery, handlers
 from .api import ControlApi
 from .client import Client, build_client, disable_nagle
@@ -111,7 +113,7 @@ class MqttControl:
     def publish_event(self, event: Event) -> None:
         """EventBus subscriber: publish on `events`, or keep it until the broker is back; then
         let the retained state and config catch up with what the event changed."""
-        payload = json.dumps(event.to_json(), default=str)
+        payload = json.dumps(mask_data(event.to_json()), default=str)
         if self._connected.is_set():
             self._publish(self._topics.events, payload)
         else:
@@ -174,7 +176,7 @@ class MqttControl:
         self._connected.set()
         self._jobs.put(self._announce)
         filters = self._topics.subscriptions()
-        _, mid = client.subscribe([(topic, 1) for topic in filters])
+        _, mid = client.subscribe([(topic, _subscription_options(self._mqtt)) for topic in filters])
         self._subscribing[mid] = filters
 
     def _on_connect_error(self, err: OSError) -> None:
@@ -229,8 +231,8 @@ class MqttControl:
                 self._jobs.put(self._announce_discovery)
             return
         relative = self._topics.route(message.topic)
-        if relative is None or not handlers.handles(relative):
-            return
+        if relative is None or not handlers.handles(relative) or not message.payload:
+            return  # an empty payload is how a retained message is cleared: not a request
         limit = self._api.config().mqtt.max_payload_bytes
         payload = message.payload[: limit + 1]  # enough to tell it is too large, no more
         refusal = RETAINED_REFUSAL if message.retain else None
@@ -360,7 +362,7 @@ class MqttControl:
         self, topic: str, produce: Callable[[], dict[str, Any]], retain: bool = False
     ) -> None:
         try:
-            payload = json.dumps(produce(), default=str)
+            payload = json.dumps(mask_data(produce()), default=str)
         except Exception:  # supervision boundary: daemon code failing must not stop MQTT
             _LOG.exception("cannot produce the payload for %s", topic)
             return
@@ -393,3 +395,11 @@ class MqttControl:
                 job()
             except Exception:  # supervision boundary: the worker must outlive any one job
                 _LOG.exception("MQTT control job failed")
+
+
+def _subscription_options(mqtt: MqttConfig) -> int | SubscribeOptions:
+    """QoS 1; with MQTT 5 also Retain As Published, so a retained request is seen as retained
+    even when it is published while we are subscribed (3.1.1 brokers clear the flag then)."""
+    if mqtt.protocol == "5":
+        return SubscribeOptions(qos=1, retainAsPublished=True)
+    return 1

@@ -31,12 +31,10 @@ class PayloadError(EdgeMatteError):
         self.errors = errors
 
 
-def decode_object(payload: bytes, max_bytes: int, allow_empty: bool = False) -> dict[str, Any]:
-    """Parse a JSON object payload within `max_bytes`; an empty payload is {} if allowed."""
+def decode_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """Parse a JSON object payload within `max_bytes` (arguments-free commands send `{}`)."""
     if len(payload) > max_bytes:
         raise PayloadError([f"<payload>: larger than mqtt.max_payload_bytes ({max_bytes} bytes)"])
-    if not payload.strip() and allow_empty:
-        return {}
     try:
         data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as err:

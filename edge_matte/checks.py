@@ -1,0 +1,137 @@
+"""Start-time checks of what the schema alone cannot see: files, secrets, assets, ports.
+
+`edge-matte run` and `edge-matte check-config` run the same `problems()`, so a config that
+check-config calls ok starts, and one that `run` refuses exits 2 listing every problem, one per
+line, before anything starts (no stream URL printed, no port opened, no state written).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from . import profile as profile_mod
+from .config import Config, capped
+from .errors import ConfigError, EdgeMatteError
+from .media import resolve_asset
+
+_UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+
+
+def problems(config: Config) -> list[str]:
+    """Every problem found, one line each naming its key; [] when the config can start."""
+    found: list[str] = []
+    for check in _CHECKS:
+        try:
+            check(config)
+        except EdgeMatteError as err:
+            found += err.problems if isinstance(err, ConfigError) else [str(err)]
+    return capped(found)
+
+
+def preflight(config: Config) -> profile_mod.Profile | None:
+    """ConfigError listing every problem, else the calibration profile (None without one)."""
+    found = problems(config)
+    if found:
+        raise ConfigError("; ".join(found), found)
+    return None if config.calibration is None else profile_mod.load(config.calibration)
+
+
+def _weights(config: Config) -> None:
+    weights = config.matting.weights
+    if weights is not None and not weights.is_file():
+        raise ConfigError(f"matting.weights: {weights}: no such file")
+
+
+def _calibration(config: Config) -> None:
+    if config.calibration is not None:
+        try:
+            profile_mod.load(config.calibration)
+        except ConfigError as err:
+            raise ConfigError(f"calibration: {err}") from err
+
+
+def _synthetic_source(config: Config) -> None:
+    source = config.source
+    if source.uri.startswith("test://"):
+        from .capture.synthetic import parse_uri
+
+        try:
+            parse_uri(source.uri, source.width, source.height, source.fps)
+        except ConfigError as err:
+            raise ConfigError(f"source.uri: {err}") from err
+
+
+def _secret_file(section: str, file: Path | None) -> None:
+    if file is not None and not file.is_file():
+        raise ConfigError(f"{section}.password_file: {file}: no such file")
+
+
+def _stream_secret(config: Config) -> None:
+    stream = config.stream
+    if not stream.enabled:
+        return
+    _secret_file("stream", stream.password_file)
+    password = stream.resolved_password()
+    if stream.username is not None and not password:
+        raise ConfigError(
+            "stream.username: set, but no password (stream.password, stream.password_file "
+            "or the credential rtsp-password)"
+        )
+
+
+def _stream_port(config: Config) -> None:
+    stream = config.stream
+    if not stream.enabled or os.geteuid() == 0:
+        return
+    try:
+        first = int(_UNPRIVILEGED_PORT_START.read_text())
+    except (OSError, ValueError):
+        first = 1024
+    if stream.port < first:
+        raise ConfigError(
+            f"stream.port: {stream.port} is below {first}, which only root may listen on"
+        )
+
+
+def _mqtt(config: Config) -> None:
+    mqtt = config.mqtt
+    if not mqtt.enabled:
+        return
+    _secret_file("mqtt", mqtt.password_file)
+    from .control.client import build_client  # paho only with MQTT on
+    from .control.topics import Topics
+
+    build_client(mqtt, Topics.from_config(mqtt))  # TLS files, password file: as `run` uses them
+
+
+def _background(config: Config) -> None:
+    compose = config.compose
+    if not compose.background.startswith("#"):  # opened in every mode (switching is live)
+        try:
+            resolve_asset(compose.background, config.resolved_media_dir(), allow_absolute=True)
+        except EdgeMatteError as err:
+            raise ConfigError(f"compose.background: {err}") from err
+
+
+_CHECKS: tuple[Callable[[Config], None], ...] = (
+    _weights,
+    _calibration,
+    _synthetic_source,
+    _stream_secret,
+    _stream_port,
+    _mqtt,
+    _background,
+)
+
+
+def check_file(path: Path) -> list[str]:
+    """Every problem of the config file `path` (with its overrides) as `run` would see them."""
+    from . import overrides
+
+    try:
+        layers = overrides.load(path, problems)
+    except ConfigError as err:
+        return err.problems
+    return problems(layers.effective)
