@@ -262,17 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_config_commands(sub: argparse._SubParsersAction) -> None:
-    config = sub.add_parser(
-        "config", help="show the effective config, or drop the remote overrides"
-    ).add_subparsers(dest="config_command", required=True)
-    show = config.add_parser(
-        "show", help="every setting with its origin: default, the config file or an override"
+    config = _command(
+        sub, "config", "show the effective config, or drop the remote overrides"
+    ).add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = _command(
+        config, "show", "every setting with its origin: default, the config file or an override"
     )
     show.add_argument(
         "--effective", action="store_true", help="the merged config (the only view there is)"
     )
-    reset = config.add_parser(
-        "reset", help="remove the overrides remote control saved in the state directory"
+    reset = _command(
+        config, "reset", "remove the overrides remote control saved in the state directory"
     )
     for command, func in ((show, _config_show), (reset, _config_reset)):
         command.add_argument(

@@ -41,6 +41,7 @@ REMOTE_KEYS = (
     "plate.update_rate",
     "plate.max_shift_px",
     "plate.person_veto",
+    "plate.until_ready",
     "compose.mode",
     "compose.background",
     "compose.blur_sigma",

@@ -29,7 +29,10 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 def run_daemon_logs(tmp_path: Path, journal: bool) -> list[str]:
     """Start `edge-matte run` with stderr on a pipe, wait for READY, stop it; its stderr lines."""
-    path, _ = prepared(tmp_path, compose={"background": "missing.png"})
+    path, _ = prepared(tmp_path, compose={"background": "broken.png"})
+    media = tmp_path / "state" / "media"  # a file that is there (start checks pass) but no image
+    media.mkdir(parents=True, exist_ok=True)
+    (media / "broken.png").write_bytes(b"not an image")
     read_end, write_end = os.pipe()
     stat = os.fstat(write_end)
     identity = f"{stat.st_dev}:{stat.st_ino}" if journal else f"{stat.st_dev}:{stat.st_ino + 1}"

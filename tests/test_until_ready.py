@@ -28,6 +28,7 @@ from rtsp_tools import Watcher, free_port, read_frames
 from test_daemon import FrameCounter
 from test_daemon_mqtt import BASE, config_set, online, state
 
+from edge_matte import overrides
 from edge_matte.compose import privacy_blur
 
 GREEN = "#00ff00"
@@ -97,4 +98,7 @@ def test_until_ready_changes_live_over_mqtt(tmp_path: Path, truth: Truth) -> Non
                 assert viewer.process.poll() is None
             finally:
                 viewer.kill()
-    assert yaml.safe_load(path.read_text())["plate"]["until_ready"] == "blur"
+    # Saved as a remote override; the operator's file is left as it was.
+    assert "plate" not in yaml.safe_load(path.read_text())
+    saved = yaml.safe_load((tmp_path / "state" / overrides.FILE_NAME).read_text())
+    assert "blur" in str(saved) and "plate.until_ready" in str(saved)
