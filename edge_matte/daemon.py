@@ -33,11 +33,13 @@ from .notify import Heartbeat, Notifier
 from .pipeline import Pipeline
 from .plate import store as plate_store
 from .telemetry import system_readings
+from .views import ViewOutputs
+from .views import check_config as check_views
 
 _LOG = logging.getLogger(__name__)
 
 STAGES = ("capture", "matte", "output")
-LIVE_SECTIONS = {"compose", "mqtt", "log_level"}  # applied without touching the pipeline
+LIVE_SECTIONS = {"compose", "mqtt", "log_level", "display", "http"}  # the pipeline untouched
 FIRST_FRAME_TIMEOUT_S = 120.0
 TRIM_INTERVAL_S = 60.0  # see edge_matte.memory
 
@@ -58,6 +60,8 @@ class Daemon:
         self.notifier = notifier or Notifier.from_env()
         self.heartbeat = Heartbeat(self.notifier, STAGES, self._status_line)
         self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
+        self.views = ViewOutputs(config, self.bus.emit, self._view_state)
+        self.bus.subscribe(self.views.remember)
         self.pipeline = self._new_pipeline(config, self._profile)
         self._control = None
 
@@ -69,6 +73,7 @@ class Daemon:
         try:
             self._sweep_leftovers()
             self._reapply_camera_controls()
+            self.views.start()
             self.pipeline.start()
             self._start_control()
             if not self._await_first_output():
@@ -96,6 +101,7 @@ class Daemon:
             self._control.stop()
             self._control = None
         self.pipeline.stop()
+        self.views.close()
 
     def urls(self) -> list[str]:
         stream = self._config.stream
@@ -193,7 +199,7 @@ class Daemon:
         self._control.start()
 
     def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
-        return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile)
+        return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile, self.views)
 
     def _restart_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> None:
         """Replace the pipeline (source, engine, plate, stream) with one built from `config`.
@@ -249,6 +255,7 @@ class Daemon:
         return {
             **self.pipeline.telemetry(),
             **system_readings(),
+            **self.views.telemetry(),
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 
@@ -307,6 +314,7 @@ class Daemon:
                 logging.getLogger().setLevel(new.log_level)
             else:
                 self._restart_pipeline(new, preflight(new))  # ConfigError: nothing stopped
+            self.views.apply(new)  # EdgeMatteError (HTTP port taken): the old view stays
             try:
                 if persist and self._config_path is not None:
                     config_mod.save(new, self._config_path)
@@ -336,6 +344,7 @@ class Daemon:
             self.pipeline.compositor.update(old.compose, allow_absolute=True)
         else:
             self._restart_pipeline(old, profile)
+        self.views.apply(old)
 
     def _set_background(self, args: dict[str, Any]) -> dict[str, Any]:
         media_dir = self._config.resolved_media_dir()
@@ -364,6 +373,16 @@ class Daemon:
             raise MediaError("could not re-encode the uploaded image")
         atomic.write_bytes(media_dir / name, png.tobytes())
         return name
+
+    def _view_state(self) -> dict[str, Any]:
+        """What the browser view shows beside `state`: rate, viewers, plate coverage."""
+        pipe = self.pipeline
+        return {
+            **self.state(),
+            "fps": round(pipe.stats["output"].fps(), 1),
+            "rtsp_clients": self._viewers(),
+            "plate_known_fraction": pipe.plate.status().get("known_fraction"),
+        }
 
     def _status_line(self) -> str:
         pipe = self.pipeline
@@ -411,6 +430,7 @@ def preflight(config: Config) -> profile_mod.Profile | None:
             parse_uri(source.uri, source.width, source.height, source.fps)
         except ConfigError as err:
             raise ConfigError(f"source.uri: {err}") from err
+    check_views(config)
     return _load_profile(config)
 
 

@@ -122,11 +122,20 @@ def test_patch_keeps_inline_secrets() -> None:
     assert new.stream.resolved_password() == "rtsp-pw"
 
 
+# Valid values for the local-only keys that are not file paths.
+REMOTE_VALUES = {
+    "mqtt.tls": {"ca_file": "/etc/shadow"},
+    "display.enabled": True,
+    "display.sink": "kmssink",
+    "http": {"enabled": True, "port": 8081},
+}
+
+
 @pytest.mark.parametrize("key", config.LOCAL_ONLY)
 def test_remote_patches_may_not_move_files(key: str) -> None:
     cfg = config.Config()
     section, _, field = key.rpartition(".")
-    value = {"ca_file": "/etc/shadow"} if key == "mqtt.tls" else "/tmp/elsewhere"
+    value = REMOTE_VALUES.get(key, "/tmp/elsewhere")
     patch = {section: {field: value}} if section else {field: value}
     with pytest.raises(ConfigError, match=f"{key}: can only be changed in the config file"):
         config.refuse_local_only_changes(cfg, config.apply_patch(cfg, patch))
