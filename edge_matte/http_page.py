@@ -26,10 +26,10 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>edge-matte</title>
 <style>
-body {{ margin: 0; background: #111; color: #ddd; font: 14px sans-serif; display: flex;
-  flex-wrap: wrap; }}
-#live {{ flex: 1 1 640px; max-width: 100%; object-fit: contain; background: #000; }}
-aside {{ flex: 0 0 260px; padding: 12px; }}
+body {{ margin: 0; background: #111; color: #ddd; font: 14px sans-serif; height: 100vh;
+  display: grid; grid-template-columns: minmax(0, 1fr) 280px; }}
+#live {{ width: 100%; height: 100vh; object-fit: contain; background: #000; }}
+aside {{ padding: 12px; overflow: auto; }}
 td {{ padding: 2px 8px 2px 0; vertical-align: top; }}
 ul {{ padding-left: 16px; }}
 </style></head>

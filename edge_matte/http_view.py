@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -31,9 +32,11 @@ _LOG = logging.getLogger(__name__)
 
 _REQUEST_TIMEOUT_S = 5.0  # a request line and headers must arrive within this
 _SEND_TIMEOUT_S = 5.0  # a viewer that accepts no data for this long is dropped
+_SEND_BUFFER = 256 * 1024
 _EXTRA_CONNECTIONS = 8  # page, snapshot, health and state requests beside the viewers
 _REQUEST_DEADLINE_S = 10.0  # and the whole request within this, however slowly it trickles
 _FRAME_WAIT_S = 5.0
+_VIEWER_CHECK_S = 1.0  # a viewer that hung up frees its place within this, frames or not
 _HEALTHY_WITHIN_S = 3.0  # /healthz: a real camera frame came this recently
 _BOUNDARY = "edgematteframe"
 
@@ -45,7 +48,8 @@ def check_config(config: HttpConfig) -> None:
     needs a password (file or credential 'http-password')."""
     if not config.enabled:
         return
-    if not is_loopback(config.bind) and not config.resolved_password():
+    password = config.resolved_password()  # an unreadable password file is refused here too
+    if not is_loopback(config.bind) and not password:
         raise ConfigError(
             f"http.bind is {config.bind}, reachable from the network, but no password is set: "
             "set http.password_file or the credential 'http-password', or bind 127.0.0.1"
@@ -181,6 +185,17 @@ class HttpView:
             self._viewers -= 1
 
 
+def _hung_up(connection: socket.socket) -> bool:
+    """Whether the client closed its end (a viewer sends nothing after its request)."""
+    readable, _, _ = select.select([connection], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     """The five routes; anything else is 404, nothing touches the file system."""
 
@@ -209,11 +224,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
         self._deadline.cancel()
         view = self.server.view
+        route = self.path.split("?", 1)[0]
+        if route == "/healthz":  # no secrets in a yes/no, and load balancers hold no password
+            ok = view.healthy()
+            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no camera frames\n")
+            return
         if not view.authorised(self.headers.get("Authorization")):
             self._send(401, "text/plain", b"authentication required\n",
                        {"WWW-Authenticate": 'Basic realm="edge-matte"'})  # fmt: skip
             return
-        route = self.path.split("?", 1)[0]
         if route == "/":
             page = render_page(view.state())
             self._send(200, "text/html; charset=utf-8", page.encode())
@@ -225,9 +244,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, "text/plain", b"no frame yet\n")
             else:
                 self._send(200, "image/jpeg", jpeg)
-        elif route == "/healthz":
-            ok = view.healthy()
-            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no camera frames\n")
         elif route == "/state.json":
             body = json.dumps(view.state(), default=str).encode()
             self._send(200, "application/json", body)
@@ -255,13 +271,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             self.connection.settimeout(_SEND_TIMEOUT_S)
+            # Bounded kernel buffering too: a stalled viewer times out after a few frames.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
             self.send_response(200)
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             number = 0
-            while True:
-                got = view.feed.wait_next(number, _FRAME_WAIT_S)
+            while not _hung_up(self.connection):
+                got = view.feed.wait_next(number, _VIEWER_CHECK_S)
                 if got is None:
                     if view.feed.closed:
                         return

@@ -163,9 +163,7 @@ def _difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @needs_x
-def test_auto_sink_shows_the_composite_fullscreen_under_x(
-    xserver: XServer, tmp_path: Path
-) -> None:
+def test_auto_sink_shows_the_composite_fullscreen_under_x(xserver: XServer, tmp_path: Path) -> None:
     daemon, url = _start_on(xserver, tmp_path)
     with daemon:
         assert "sink auto picked ximagesink" in daemon.log()  # Xvfb has no XVideo

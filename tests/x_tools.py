@@ -51,9 +51,7 @@ class XServer:
             with os.fdopen(read) as answer:
                 self.number = int(answer.readline())  # written once Xvfb accepts clients
         else:
-            self.process = subprocess.Popen(
-                [*command, self.display], stderr=subprocess.DEVNULL
-            )
+            self.process = subprocess.Popen([*command, self.display], stderr=subprocess.DEVNULL)
             self._await_socket()
         return self
 
