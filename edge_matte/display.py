@@ -310,29 +310,30 @@ class Display:
                 "reopens": self.reopens}  # fmt: skip
 
     def _run(self) -> None:
-        delay, lost_reason = _RETRY_MIN_S, None
+        """Open, show, and after a failure reopen with backoff; one event per outage."""
+        delay, outage = _RETRY_MIN_S, False
         while not self._stop.is_set():
+            shown = False
             try:
                 screen = self._open()
             except DisplayError as err:
-                if lost_reason is None:
-                    lost_reason = str(err)
-                    self._emit(Event("display.unavailable", f"screen not available: {err}"))
-                self._stop.wait(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
-                continue
-            reason = self._show(screen, reopened=lost_reason is not None)
-            if screen.first_frame is not None and time.monotonic() - screen.first_frame > _SETTLE_S:
-                delay = _RETRY_MIN_S  # it had worked: the next outage starts from a short wait
-            self.sink = None
-            screen.close()
-            if reason is None or self._stop.is_set():  # stopping (the child may end first)
-                return
-            lost_reason = reason
-            self.reopens += 1
-            self._emit(
-                Event("display.lost", f"screen lost ({reason}); reopening", {"sink": screen.sink})
-            )
+                reason = str(err)
+            else:
+                reason = self._show(screen, reopened=outage and self.reopens > 0)
+                shown = self.sink is not None  # it had opened (announced) before failing
+                self.sink = None
+                screen.close()
+                if reason is None or self._stop.is_set():  # stopping (the child may end first)
+                    return
+                if shown:
+                    outage, delay = False, _RETRY_MIN_S  # a new outage starts from a short wait
+                    self.reopens += 1
+            if not outage:
+                outage = True
+                kind = "display.lost" if shown else "display.unavailable"
+                self._emit(Event(kind, f"screen not available ({reason}); retrying"))
+            else:
+                _LOG.debug("display: still not available: %s", reason)
             self._stop.wait(delay)
             delay = min(delay * 2, _RETRY_MAX_S)
 

@@ -30,7 +30,9 @@ body {{ margin: 0; background: #111; color: #ddd; font: 14px sans-serif; height:
   display: grid; grid-template-columns: minmax(0, 1fr) 280px; }}
 #live {{ width: 100%; height: 100vh; object-fit: contain; background: #000; }}
 aside {{ padding: 12px; overflow: auto; }}
-td {{ padding: 2px 8px 2px 0; vertical-align: top; }}
+td {{ padding: 2px 8px 2px 0; vertical-align: top; overflow-wrap: anywhere; }}
+td:first-child {{ white-space: nowrap; color: #999; }}
+h3 {{ margin: 12px 0 4px; font-size: 14px; }}
 ul {{ padding-left: 16px; }}
 </style></head>
 <body>
