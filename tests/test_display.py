@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from daemon_tools import DaemonProcess, prepared, start_daemon
+from fault_tools import hex_bgr, is_no_signal_card
 from mqtt_broker import Broker, Probe
-from rtsp_tools import read_frames, wait_until
+from rtsp_tools import CameraServer, free_port, read_frames, wait_until
 from x_tools import XServer, content_box, needs_x
 
 from edge_matte.config import DisplayConfig
@@ -27,6 +29,7 @@ from edge_matte.display import Display, drm_mode, fit_frame, sink_candidates
 from edge_matte.events import Event
 
 WAIT_S = 30.0
+GREEN = "#00ff00"  # the test daemon's background (tests/daemon_tools.py)
 # Mean absolute difference (8-bit levels) between the grabbed screen and the RTSP frame scaled
 # the same way: both come from the same composite, one through x264 and back; a wrong picture
 # (another view, a shifted or unscaled frame) is 30+ levels away on this scene.
@@ -267,3 +270,28 @@ def _offer(display: Display, frame: np.ndarray) -> bool:
     display.offer(frame)
     time.sleep(0.03)
     return True
+
+
+@needs_x
+def test_no_signal_card_on_the_screen(xserver: XServer, tmp_path: Path) -> None:
+    camera = CameraServer(free_port())
+    camera.start()
+    source = {"uri": camera.url, "timeout_s": 1.0, "reconnect_max_s": 1.0}
+    try:
+        daemon, url = _start_on(xserver, tmp_path, source=source)
+        with daemon:
+            camera.kill()
+            screen = xserver.grab()
+
+            def card_shown() -> bool:
+                nonlocal screen
+                screen = xserver.grab()
+                x0, y0, x1, y1 = content_box(screen)
+                shown = cv2.resize(screen[y0:y1, x0:x1], (320, 240), interpolation=cv2.INTER_AREA)
+                return is_no_signal_card(shown, hex_bgr(GREEN))
+
+            assert wait_until(card_shown, WAIT_S), "no NO SIGNAL card on the screen"
+            assert content_box(screen) == (80, 0, 560, 360)
+            assert daemon.stop() == 0
+    finally:
+        camera.kill()
