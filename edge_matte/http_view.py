@@ -84,7 +84,7 @@ class _Server(ThreadingHTTPServer):
             return
         try:
             super().process_request(request, client_address)
-        except Exception:  # thread could not start: give the slot back, then report
+        except RuntimeError:  # no thread could be started: give the slot back, then report
             self._slots.release()
             raise
 
@@ -167,11 +167,11 @@ class HttpView:
         return hmac.compare_digest(given, f"Basic {token}".encode())
 
     def state(self) -> dict[str, Any]:
-        return {
-            **self._status(),
-            "http": {"viewers": self.viewers(), "view": self.view, "jpegs": self.feed.encoded,
-                     "refused": self.refused, "dropped_viewers": self.dropped_viewers},
-        }  # fmt: skip
+        """The device's state and this view's counters (the page and /state.json)."""
+        with self._lock:
+            counters = {"viewers": self._viewers, "dropped_viewers": self.dropped_viewers}
+        counters.update(view=self.view, jpegs=self.feed.encoded, refused=self.refused)
+        return {**self._status(), "http": counters}
 
     def enter_viewer(self) -> bool:
         with self._lock:
@@ -180,9 +180,11 @@ class HttpView:
             self._viewers += 1
             return True
 
-    def leave_viewer(self) -> None:
+    def leave_viewer(self, dropped: bool = False) -> None:
+        """A viewer has gone (`dropped`: for not taking data)."""
         with self._lock:
             self._viewers -= 1
+            self.dropped_viewers += dropped
 
 
 def _hung_up(connection: socket.socket) -> bool:
@@ -230,8 +232,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no camera frames\n")
             return
         if not view.authorised(self.headers.get("Authorization")):
-            self._send(401, "text/plain", b"authentication required\n",
-                       {"WWW-Authenticate": 'Basic realm="edge-matte"'})  # fmt: skip
+            self._send(
+                401,
+                "text/plain",
+                b"authentication required\n",
+                {"WWW-Authenticate": 'Basic realm="edge-matte"'},
+            )
             return
         if route == "/":
             page = render_page(view.state())
@@ -269,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not view.enter_viewer():
             self._send(503, "text/plain", b"too many viewers\n", {"Retry-After": "5"})
             return
+        dropped = False
         try:
             self.connection.settimeout(_SEND_TIMEOUT_S)
             # Bounded kernel buffering too: a stalled viewer times out after a few frames.
@@ -277,24 +284,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            number = 0
-            while not _hung_up(self.connection):
-                got = view.feed.wait_next(number, _VIEWER_CHECK_S)
-                if got is None:
-                    if view.feed.closed:
-                        return
-                    continue
-                number, jpeg = got
-                head = f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                self.wfile.write(head.encode() + jpeg + b"\r\n")
+            self._send_parts(view.feed)
         except TimeoutError:
-            view.dropped_viewers += 1
-            _LOG.info("HTTP: dropped a viewer at %s that took no data for %.0f s",
-                      self.client_address[0], _SEND_TIMEOUT_S)  # fmt: skip
+            dropped = True
+            _LOG.info(
+                "HTTP: dropped a viewer at %s that took no data for %.0f s",
+                self.client_address[0],
+                _SEND_TIMEOUT_S,
+            )
         except OSError:
             pass  # the viewer went away
         finally:
-            view.leave_viewer()
+            view.leave_viewer(dropped)
+
+    def _send_parts(self, feed: JpegFeed) -> None:
+        """Each new JPEG as one part, until the viewer hangs up or the feed closes."""
+        number = 0
+        while not _hung_up(self.connection):
+            got = feed.wait_next(number, _VIEWER_CHECK_S)
+            if got is None:
+                if feed.closed:
+                    return
+                continue
+            number, jpeg = got
+            head = (
+                f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+            )
+            self.wfile.write(head.encode() + jpeg + b"\r\n")
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         _LOG.debug("HTTP %s: " + format, self.client_address[0], *args)

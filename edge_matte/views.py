@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import display as display_mod
-from . import http_view
+from . import display_sinks, http_view
 from .config import Config
 from .errors import EdgeMatteError
 from .events import Emit, Event
@@ -28,7 +28,7 @@ _EVENTS_KEPT = 8
 
 def check_config(config: Config) -> None:
     """ConfigError for a display or browser view that cannot work (called before start)."""
-    display_mod.check_config(config.display)
+    display_sinks.check_config(config.display)
     http_view.check_config(config.http)
 
 
@@ -130,5 +130,8 @@ class ViewOutputs:
 
 def _only(old: Any, new: Any, fields: set[str]) -> bool:
     """Whether `old` and `new` differ in `fields` only."""
-    return all(getattr(old, name) == getattr(new, name) for name in type(old).model_fields
-               if name not in fields)  # fmt: skip
+    return all(
+        getattr(old, name) == getattr(new, name)
+        for name in type(old).model_fields
+        if name not in fields
+    )

@@ -25,7 +25,8 @@ from rtsp_tools import CameraServer, free_port, read_frames, wait_until
 from x_tools import XServer, content_box, needs_x
 
 from edge_matte.config import DisplayConfig
-from edge_matte.display import Display, drm_mode, fit_frame, sink_candidates
+from edge_matte.display import Display, fit_frame
+from edge_matte.display_sinks import drm_mode, sink_candidates
 from edge_matte.events import Event
 
 WAIT_S = 30.0
@@ -65,6 +66,17 @@ def test_fit_frame_geometry(rotate: int, fit: str, box: tuple[int, int, int, int
     out = fit_frame(_quadrants(), (640, 360), rotate, fit)
     assert out.shape == (360, 640, 3)
     assert content_box(out) == box
+
+
+def test_fit_frame_into_kept_buffers_matches_a_fresh_one() -> None:
+    """Reused buffers carry nothing over when rotation, fit or the source size change."""
+    scratch: dict[str, np.ndarray] = {}
+    steps = [(0, "contain"), (90, "contain"), (0, "stretch"), (270, "contain"), (0, "contain")]
+    for size in ((320, 240), (200, 240)):
+        image = cv2.resize(_quadrants(), size)
+        for rotate, fit in steps:
+            fresh = fit_frame(image, (640, 360), rotate, fit)
+            assert np.array_equal(fit_frame(image, (640, 360), rotate, fit, scratch), fresh)
 
 
 @pytest.mark.parametrize(
