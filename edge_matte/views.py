@@ -70,8 +70,12 @@ class ViewOutputs:
     def apply(self, new: Config) -> None:
         """Take a changed display/http section: output, rotate, fit (and fps, quality) live;
         anything else reopens that output. EdgeMatteError leaves the old HTTP server serving."""
+        old = self._config
+        if new.display == old.display and new.http == old.http:
+            self._config = new  # the source's fps may have changed: a reopened display uses it
+            return
         check_config(new)
-        old, self._config = self._config, new
+        self._config = new
         if new.display != old.display:
             if _only(old.display, new.display, {"output", "rotate", "fit"}) and self.display:
                 self.display.update(new.display)

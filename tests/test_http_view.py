@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import yaml
 from daemon_tools import (
     DaemonProcess,
     Truth,
@@ -360,3 +362,54 @@ def test_port_taken_is_an_error_and_the_port_is_left_alone(tmp_path: Path) -> No
         with daemon:
             assert daemon.process.wait(60) == 1
             assert "HTTP view cannot listen" in daemon.log()
+
+
+def test_reload_opens_the_view_and_changes_fps_without_dropping_viewers(tmp_path: Path) -> None:
+    port = free_port()
+    path, _ = prepared(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    with start_daemon(path) as daemon:
+        served = View(port, daemon)
+        config["http"] = {"enabled": True, "port": port, "fps": 15}
+        write_config(path, config)
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: _answers(served), WAIT_S), daemon.log()[-2000:]
+        viewer = MjpegReader(served)
+        viewers = 0
+        reading = threading.Thread(target=lambda: _read_all(viewer), daemon=True)
+        reading.start()
+        try:
+            assert _jpeg_rate(served) > 8  # 15 fps asked; one viewer reading all
+            config["http"]["fps"] = 2
+            write_config(path, config)
+            daemon.process.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: daemon.log().count("config reloaded") == 2, WAIT_S)
+            assert _jpeg_rate(served) < 4
+            assert reading.is_alive()  # the same connection: a live change, not a new server
+            viewers = served.state()["http"]["viewers"]
+        finally:
+            viewer.close()
+        assert viewers == 1
+        assert daemon.stop() == 0
+
+
+def _read_all(viewer: MjpegReader) -> None:
+    try:
+        while True:
+            viewer.part()
+    except (OSError, EOFError, ValueError):
+        return  # closed by the test
+
+
+def _jpeg_rate(view: View, seconds: float = 2.0) -> float:
+    """JPEGs encoded per second over a measuring window."""
+    before, started = view.state()["http"]["jpegs"], time.monotonic()
+    time.sleep(seconds)  # the measuring window
+    return (view.state()["http"]["jpegs"] - before) / (time.monotonic() - started)
+
+
+def _answers(view: View) -> bool:
+    try:
+        return view.get("/healthz")[0] == 200
+    except OSError:
+        return False
