@@ -105,15 +105,14 @@ class Screen:
             stderr=self._stderr,
             start_new_session=True,  # a terminal's Ctrl-C stops the daemon, which ends the child
         )
-        stdin = self.process.stdin
-        assert stdin is not None  # noqa: S101 - Popen(stdin=PIPE) always sets it
-        self._fd = stdin.fileno()
+        if self.process.stdin is None:  # never with stdin=PIPE; keeps the type checker honest
+            raise DisplayError("no pipe to the sink")
+        self._fd = self.process.stdin.fileno()
         os.set_blocking(self._fd, False)
         try:
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:
             pass  # the default pipe works, with more wake-ups
-        self.started = time.monotonic()
         self.first_frame: float | None = None
 
     def alive(self) -> bool:

@@ -9,6 +9,7 @@ composite, and nothing here can block or slow it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ class ViewOutputs:
         self._emit = emit
         self._status = status
         self._events: deque[dict[str, Any]] = deque(maxlen=_EVENTS_KEPT)
+        self._events_lock = threading.Lock()  # events come from every thread
         self.display: display_mod.Display | None = None
         self.http: http_view.HttpView | None = None
 
@@ -92,11 +94,15 @@ class ViewOutputs:
 
     def remember(self, event: Event) -> None:
         """Bus subscriber: the last few events, for the page."""
-        self._events.appendleft({"kind": event.kind, "message": event.message, "time": event.time})
+        entry = {"kind": event.kind, "message": event.message, "time": event.time}
+        with self._events_lock:
+            self._events.appendleft(entry)
 
     def status(self) -> dict[str, Any]:
         """The device's state for the page and /state.json."""
-        return {**self._status(), "events": list(self._events), **self.telemetry()}
+        with self._events_lock:
+            events = list(self._events)
+        return {**self._status(), "events": events, **self.telemetry()}
 
     def telemetry(self) -> dict[str, Any]:
         readings: dict[str, Any] = {}

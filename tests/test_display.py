@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +165,10 @@ def _await_log(daemon: DaemonProcess, text: str, after: int = 0) -> None:
 def _screen_and_stream(xserver: XServer, url: str) -> tuple[np.ndarray, np.ndarray]:
     """The screen grabbed while a frame is read from RTSP (the scene is still, so the two
     show the same composite)."""
-    frames: list[np.ndarray] = []
-    reader = threading.Thread(target=lambda: frames.extend(read_frames(url, 2)))
-    reader.start()
-    screen = xserver.grab()
-    reader.join()
-    return screen, frames[-1]
+    with ThreadPoolExecutor(1) as pool:
+        frames = pool.submit(read_frames, url, 2)
+        screen = xserver.grab()
+        return screen, frames.result()[-1]  # the reader's own error, if it had one
 
 
 def _difference(a: np.ndarray, b: np.ndarray) -> float:
