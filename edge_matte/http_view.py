@@ -69,6 +69,7 @@ class _Server(ThreadingHTTPServer):
     """Refuses connections beyond its bound at accept, before any thread starts."""
 
     daemon_threads = True
+    request_queue_size = 64  # a burst of connects waits in the backlog, not for SYN retries
 
     def __init__(self, address: tuple[str, int], view: HttpView, limit: int) -> None:
         self.view = view

@@ -286,6 +286,22 @@ def test_garbage_slow_and_stalled_clients_do_not_disturb_a_viewer(view: View) ->
     assert len(gaps) > 50 and max(gaps[1:]) < 1.0, f"viewer stalled {max(gaps[1:]):.2f} s"
 
 
+def test_idle_connections_are_bounded_in_count_and_time(view: View) -> None:
+    viewer = MjpegReader(view)  # holds one of the 20 + 8 places, and keeps it
+    idle = [socket.create_connection(("127.0.0.1", view.port), timeout=15) for _ in range(32)]
+    try:
+        started = time.monotonic()
+        closed = sum(_answer(sock) == b"" for sock in idle)  # each ends: at once, or at 10 s
+        assert time.monotonic() - started < 15.0
+        assert closed == 32
+        viewer.part()  # still served
+        assert view.state()["http"]["refused"] == 5  # 32 idle, 27 free places
+    finally:
+        for sock in idle:
+            sock.close()
+        viewer.close()
+
+
 def _answer(sock: socket.socket) -> bytes:
     """What the server answers before closing (b"" if it reset the connection)."""
     try:
