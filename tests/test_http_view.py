@@ -180,6 +180,11 @@ def test_page_in_headless_chromium_shows_the_image_and_state(view: View, tmp_pat
     assert '<td id="v-engine">classic</td>' in dom
     assert '<td id="v-plate">ready</td>' in dom
     assert '<td id="v-plate_known_fraction">1.0</td>' in dom
+    # The page refreshes itself: served with no viewer, it counts its own stream a moment later.
+    assert wait_until(lambda: view.state()["http"]["viewers"] == 0, WAIT_S)
+    later = subprocess.run([*command, "--virtual-time-budget=5000", "--dump-dom", view.url + "/"],
+                           capture_output=True, timeout=60, check=True, text=True).stdout  # fmt: skip
+    assert '<td id="v-viewers">1</td>' in later and 'src="/stream.mjpg"' in later
 
 
 # -- MJPEG --------------------------------------------------------------------------------------
