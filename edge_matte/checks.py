@@ -115,6 +115,12 @@ def _background(config: Config) -> None:
             raise ConfigError(f"compose.background: {err}") from err
 
 
+def _views(config: Config) -> None:
+    from .views import check_config  # GStreamer and the HTTP server only when asked for
+
+    check_config(config)
+
+
 _CHECKS: tuple[Callable[[Config], None], ...] = (
     _weights,
     _calibration,
@@ -123,6 +129,7 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
     _stream_port,
     _mqtt,
     _background,
+    _views,
 )
 
 

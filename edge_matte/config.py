@@ -333,6 +333,48 @@ class StreamConfig(Section):
         return _secret_from(self.password, self.password_file, "rtsp-password")
 
 
+class DisplayConfig(Section):
+    enabled: bool = Field(False, description="Show a view fullscreen on the device's own screen")
+    sink: str = Field(
+        "auto",
+        pattern=r"^[a-z0-9_-]{1,64}$",
+        description="GStreamer video sink; auto = nvdrmvideosink/nv3dsink on a Jetson, kmssink without X, xvimagesink or ximagesink under X",
+    )
+    output: Literal["composite", "alpha", "debug"] = Field("composite", description="View shown")
+    rotate: Literal[0, 90, 180, 270] = Field(
+        0, description="Clockwise rotation in degrees (portrait kiosk screens)"
+    )
+    fit: Literal["contain", "cover", "stretch"] = Field(
+        "contain",
+        description="Scaling to the screen's mode: contain letterboxes, cover crops, stretch distorts",
+    )
+
+
+class HttpConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Serve a browser view: /, /stream.mjpg, /snapshot.jpg, /healthz, /state.json",
+    )
+    bind: str = Field(
+        "127.0.0.1",
+        description="Address to listen on; anything but loopback needs a password",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port")
+    username: str = Field(
+        "admin", pattern=r"^[^:\s]{1,64}$", description="Basic-auth user (when a password is set)"
+    )
+    password_file: Path | None = Field(
+        None, description="File holding the HTTP password (else credential 'http-password')"
+    )
+    max_clients: int = Field(8, ge=1, le=256, description="Concurrent MJPEG viewers at most")
+    fps: float = Field(10.0, gt=0, le=60, description="MJPEG frame rate at most")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+    output: Literal["composite", "alpha", "debug"] = Field("composite", description="View served")
+
+    def resolved_password(self) -> str | None:
+        return _secret_from(None, self.password_file, "http-password")
+
+
 class TlsConfig(Section):
     ca_file: Path | None = Field(None, description="CA bundle to verify the broker")
     cert_file: Path | None = Field(None, description="Client certificate")
@@ -432,6 +474,8 @@ class Config(Section):
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    display: DisplayConfig = Field(default_factory=DisplayConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir is not None:

@@ -33,11 +33,12 @@ from .notify import Heartbeat, Notifier
 from .pipeline import Pipeline
 from .plate import store as plate_store
 from .telemetry import system_readings
+from .views import ViewOutputs
 
 _LOG = logging.getLogger(__name__)
 
 STAGES = ("capture", "matte", "output")
-LIVE_SECTIONS = {"compose", "mqtt", "log_level"}  # applied without touching the pipeline
+LIVE_SECTIONS = {"compose", "mqtt", "log_level", "display", "http"}  # the pipeline untouched
 LIVE_FIELDS = {"plate": {"until_ready"}}  # fields of other sections that are applied live too
 FIRST_FRAME_TIMEOUT_S = 120.0
 CAMERA_WAIT_EXTEND_S = 10.0  # EXTEND_TIMEOUT_USEC step while READY waits for the camera
@@ -71,6 +72,8 @@ class Daemon:
         self.bus.subscribe(self._on_event)  # before the pipeline: its first open may fail
         self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
         _remember_secrets(config)
+        self.views = ViewOutputs(config, self.bus.emit, self._view_state)
+        self.bus.subscribe(self.views.remember)
         self.pipeline = self._new_pipeline(config, self._profile)
         self._control = None
 
@@ -82,6 +85,7 @@ class Daemon:
         try:
             self._sweep_leftovers()
             self._reapply_camera_controls()
+            self.views.start()
             self.pipeline.start()
             self._start_control()
             if self._layers is not None:
@@ -112,6 +116,7 @@ class Daemon:
             self._control.stop()
             self._control = None
         self.pipeline.stop()
+        self.views.close()
 
     def urls(self) -> list[str]:
         stream = self._config.stream
@@ -262,7 +267,7 @@ class Daemon:
         self._control.start()
 
     def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
-        return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile)
+        return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile, self.views)
 
     def _restart_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> None:
         """Replace the pipeline (source, engine, plate, stream) with one built from `config`.
@@ -322,6 +327,7 @@ class Daemon:
         return {
             **self.pipeline.telemetry(),
             **system_readings(),
+            **self.views.telemetry(),
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 
@@ -404,6 +410,7 @@ class Daemon:
                     self._apply_live(new, trusted)  # MediaError keeps the old
                 else:
                     self._restart_pipeline(new, profile)
+                self.views.apply(new)  # EdgeMatteError (HTTP port taken): the old view stays
             except EdgeMatteError:
                 if persist:
                     self._unsave_overrides(old, changed)
@@ -465,6 +472,16 @@ class Daemon:
         )
         self.apply_config(patched)
         return {"background": name}
+
+    def _view_state(self) -> dict[str, Any]:
+        """What the browser view shows beside `state`: rate, viewers, plate coverage."""
+        pipe = self.pipeline
+        return {
+            **self.state(),
+            "fps": round(pipe.stats["output"].fps(), 1),
+            "rtsp_clients": self._viewers(),
+            "plate_known_fraction": pipe.plate.status().get("known_fraction"),
+        }
 
     def _status_line(self) -> str:
         """STATUS=: what is wrong first (or which camera READY waits for), then the figures."""

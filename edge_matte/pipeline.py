@@ -38,6 +38,7 @@ from .profile import Profile
 from .slot import LatestSlot
 from .stats import LatencyWindow, StageStats
 from .stream import RtspServer
+from .views import ViewOutputs
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,9 +61,15 @@ class Pipeline:
     """Owns the stages of one configuration; `Daemon` replaces it when stages must restart."""
 
     def __init__(
-        self, config: Config, emit: Emit, beat: Beat, profile: Profile | None = None
+        self,
+        config: Config,
+        emit: Emit,
+        beat: Beat,
+        profile: Profile | None = None,
+        views: ViewOutputs | None = None,
     ) -> None:
         self.config = config
+        self.views = views  # the screen and browser view, fed the same composited frames
         self._emit = emit
         self._beat = beat
         src = config.source
@@ -226,8 +233,10 @@ class Pipeline:
             started = time.monotonic()
             views = self._render(result)
             if self.stream is not None:
-                for name, image in views.items():
-                    self.stream.push(name, image)
+                for name in self.config.stream.outputs:
+                    self.stream.push(name, views[name])
+            if self.views is not None:
+                self.views.offer(views, live=result.frame is not None)
             with self._snapshot_lock:
                 self._last_output = views["composite"]
             stats.record(time.monotonic() - started)
@@ -266,7 +275,8 @@ class Pipeline:
         return views
 
     def _outputs(self) -> list[str]:
-        return ["composite", *[name for name in self.config.stream.outputs if name != "composite"]]
+        wanted = set(self.config.stream.outputs) | (self.views.wanted() if self.views else set())
+        return ["composite", *sorted(wanted - {"composite"})]
 
     # -- observation -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
   libgirepository1.0-dev libcairo2-dev
   mosquitto mosquitto-clients ffmpeg openssl systemd v4l-utils strace
-  opencv-doc xvfb x11-utils chromium
+  opencv-doc xvfb x11-utils chromium gstreamer1.0-x
 )
 
 missing=()

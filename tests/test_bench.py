@@ -74,6 +74,8 @@ def test_timed_columns_are_numbers(run):
     for row in run.rows:
         assert "notes" not in row  # merged into the row: one flat object per row
         for column in TIMED:
+            if column == "speedup" and row["kind"] == "output":
+                continue  # a hand-over has no speed-up over a model: None, checked below
             value = row[column]
             assert isinstance(value, (int, float)) and math.isfinite(value), (row["row"], column)
             assert value > 0 or column == "cpu_percent", (row["row"], column)
@@ -115,6 +117,20 @@ def test_pipeline_row_against_its_engine_alone(run):
     assert len(ratios) == ROUNDS and sorted(ratios)[ROUNDS // 2] == row["fps_over_model_only"]
     assert row["rtsp_clients"] >= 1
     assert row["captured"] >= 1
+
+
+def test_output_rows_cost_each_output_against_the_budget(run):
+    rows = {row["row"]: row for row in run.rows if row["kind"] == "output"}
+    assert list(rows) == ["output: RTSP", "output: display", "output: browser"]
+    for row in rows.values():
+        assert row["cpu_ms_per_frame"] > 0 and row["speedup"] is None
+        assert row["budget_percent_at_30fps"] == pytest.approx(
+            row["cpu_ms_per_frame"] / (1000 / 30) * 100, abs=0.1
+        )
+    # The output stage only swaps a reference for the screen and the browser: the work is
+    # on their own threads (and the screen's child process), never on the stage.
+    assert rows["output: browser"]["median_ms"] < rows["output: browser"]["cpu_ms_per_frame"]
+    assert 0.5 <= rows["output: browser"]["jpegs_per_frame"] <= 1.0  # one JPEG per frame, at most
 
 
 def test_table_is_printed(run):

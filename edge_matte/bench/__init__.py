@@ -11,7 +11,9 @@ Per size (480p, 720p, 1080p by default; 4k on request) it measures, interleaved 
 * an idle frame (network skipped) against active ones, and the stages around the model
   (`frame_rows.py`);
 * the daemon's whole pipeline serving a real RTSP client, against its own engine alone
-  (`pipeline_rows.py`; --pipeline-seconds 0 skips it).
+  (`pipeline_rows.py`; --pipeline-seconds 0 skips it);
+* with it, what each output (RTSP, the local screen, the browser view) costs per frame at 30 fps,
+  on the output stage and in all, against the frame budget (`output_rows.py`).
 
 Every row has median, min and p95 ms, fps, speed-up over its size's baseline, CPU % (process
 CPU time over wall time: 200 is two busy cores) and peak RSS; `report.py` prints the table and

@@ -12,6 +12,7 @@ from ..engine.openmp import on_passing_thread
 from .measure import Row, machine
 from .model_rows import model_rows
 from .options import Settings
+from .output_rows import output_rows
 from .pipeline_rows import pipeline_row, pipeline_weights
 from .report import print_report, write_json
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if settings.pipeline_seconds > 0:
         with pipeline_weights(settings.weights) as weights:
             rows += [pipeline_row(label, settings, weights) for label in settings.sizes]
+        for label in settings.sizes:
+            rows += output_rows(label)
     report["load_after"] = os.getloadavg()
     rows.sort(key=lambda row: settings.sizes.index(row.size))  # stable: each size's rows together
     add_speedups(rows)
@@ -47,6 +50,8 @@ def add_speedups(rows: list[Row]) -> None:
     since its ms columns are latency)."""
     baseline = {row.size: row.median_ms for row in rows if row.kind == "baseline"}
     for row in rows:
+        if row.kind == "output":
+            continue  # a hand-over, not a frame's processing: see output_rows.py
         per_frame_ms = 1000.0 / row.fps if row.kind == "pipeline" else row.median_ms
         row.speedup = round(baseline[row.size] / per_frame_ms, 2)
 
