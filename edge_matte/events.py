@@ -50,12 +50,19 @@ KINDS = (
     "plate.realigned",
     "plate.cleared",
     "plate.save_failed",
+    "plate.usable",
+    "plate.unusable",
     "scene.occupied",
     "scene.empty",
     "compose.asset_failed",
     "config.applied",
     "config.rejected",
     "config.save_failed",
+    "config.file_wins",
+    "display.opened",
+    "display.unavailable",
+    "display.lost",
+    "display.reopened",
 )
 
 # Events that report a failure are logged above INFO, so `journalctl -p warning` shows each one;
@@ -68,6 +75,9 @@ LEVELS = {
     "compose.asset_failed": logging.WARNING,
     "plate.save_failed": logging.WARNING,
     "plate.misaligned": logging.WARNING,
+    "plate.unusable": logging.WARNING,
+    "display.unavailable": logging.WARNING,
+    "display.lost": logging.WARNING,
     "config.rejected": logging.WARNING,
     "camera.controls_refused": logging.WARNING,
 }

@@ -112,7 +112,9 @@ def test_pipeline_row_against_its_engine_alone(run):
     assert row["model_only_fps"] == pytest.approx(mean, abs=0.01)
     assert row["model_only_median_ms"] > 0
     assert 1 <= row["source_fps"] <= 30
-    assert row["fps_over_model_only"] == pytest.approx(row["fps"] / row["model_only_fps"], 0.01)
+    # Both figures are rounded to 2 decimals: at ~1 fps that alone moves the ratio by ~1 %.
+    expected = row["fps"] / row["model_only_fps"]
+    assert row["fps_over_model_only"] == pytest.approx(expected, rel=0.01, abs=0.01)
     ratios = row["rounds_fps_over_model_only"]
     assert len(ratios) == ROUNDS and sorted(ratios)[ROUNDS // 2] == row["fps_over_model_only"]
     assert row["rtsp_clients"] >= 1

@@ -27,7 +27,7 @@ VALUES = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-5, 100_000),
-    st.floats(0, 500, allow_nan=False),
+    st.floats(0, 500, allow_nan=False, allow_subnormal=False),  # torch flushes denormals
     st.sampled_from(
         [
             "blur",
