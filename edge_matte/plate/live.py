@@ -48,6 +48,7 @@ class LivePlate:
         self.base_gain = np.ones(3, np.float32)
         self.shift = (0.0, 0.0)
         self.unknown: np.ndarray | None = None  # uint8 mask of pixels with no real data yet
+        self.variability: np.ndarray | None = None  # uint8 per pixel: how much it moves when empty
         self._grid = grid
         self._base_u8: np.ndarray | None = _frozen(image.copy())
         self._image: np.ndarray | None = None

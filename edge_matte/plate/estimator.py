@@ -1,0 +1,244 @@
+"""Background from a scene that is never empty: per pixel, the median of the samples where it was still.
+
+Ideas taken from the scene-background-initialisation work (LaBGen's "median of the frames where a
+pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model that keeps learning):
+
+* **Motion per pixel.** A sample counts for a pixel unless the grid cell under it (2-6 px wide)
+  or a neighbouring cell moved within the last `_HOLD_S` (frame difference beyond the noise, see
+  `detect`). Nothing is voided far from where something moved, so a street that always has
+  someone in it still gives evidence almost everywhere.
+* **Samples spread over the whole history, in bounded memory.** Up to `capacity` frames are kept
+  (`_MEMORY_BYTES` whatever the frame size: 64 at 576p, 34 at 720p, 15 at 1080p); when full,
+  every other one is dropped and the sampling stride doubles, so the kept samples always span
+  everything seen so far. A person who stands for a while covers a few samples, not most.
+* **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
+  estimate (median ratio over still cells) and the plate is given in the median light of the
+  samples, so a few bright seconds do not bias it.
+* **Exact order statistics, cheaply.** The per-pixel median (and the spread around it) over a
+  varying number of valid samples is found by a radix search on the bits of the uint8 values:
+  8 passes of counting, no sort.
+* **Confidence per pixel.** A pixel is known when it was still in at least `_MIN_STILL` samples
+  and a share `_MIN_STILL_SHARE` of them, and half of the older and half of the newer ones
+  each agree with the median within the noise (`_AGREE_SIGMAS`) (a person who stood for half the time leaves the pixel unknown, not wrong).
+* **Nothing is known before the scene has shown enough of itself.** Until motion has touched
+  `_MIN_REVEALED` of the frame, nothing tells a person who stays in view (and only sways) from
+  the room, so nothing is known: this keeps a person present from the first frame out of the
+  plate. A street or a lobby passes this within seconds (`vtest.avi`: 14 % after 4 s).
+* **Dynamic background.** A pixel that moved in more than `_DYNAMIC_SHARE` of the samples over a
+  long span is not a passer-by but something that moves by itself (leaves, a screen): all its
+  samples are evidence, and how much it moves is the **variability** (the `_SPREAD_QUANTILE`
+  quantile of the deviation from the median), stored with the plate and used by the keeper's
+  emptiness test and the classic engine's thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from .detect import NoiseModel
+from .drift import gain_cells, measure_gain
+from .grid import Grid, grow
+
+_LOG = logging.getLogger(__name__)
+_MEMORY_BYTES = 96 * 2**20  # kept samples; with the working arrays < 150 MB at 1080p
+_MIN_CAPACITY, _MAX_CAPACITY = 8, 64  # samples kept (the count must fit the uint8 counters)
+_SAMPLE_HZ = 10.0  # at most this many samples a second: frames closer in time repeat evidence
+_HOLD_S = 0.2  # a pixel that moved this recently is not evidence yet
+_SPREAD_CELLS = 1  # motion also voids this many grid cells around (a moving edge blurs)
+_MIN_STILL = 4  # still samples a pixel needs to be known...
+_MIN_STILL_SHARE = 0.2  # ...and this share of the samples kept
+_MIN_REVEALED = 0.1  # motion must have touched this share of the frame before anything is known
+_DYNAMIC_SHARE = 0.5  # moving in more than this share of the samples: it moves by itself
+_DYNAMIC_MIN_SAMPLES = 8  # ...judged only once this many samples are kept
+_AGREE_SIGMAS = 4.0  # agreement: the largest of 3 channels' full-resolution noise stays under 4 sigma
+_AVERAGED = 4  # the grid's noise is the full-resolution noise averaged over up to 4x4 pixels
+_SPREAD_QUANTILE = 0.9  # variability: this quantile of the deviation from the median
+_GAIN_STEPS = 512  # gains closer to 1 than 1/512 are not applied
+_INPAINT_RADIUS = 3
+
+
+def select(samples: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
+    """Element-wise, the `rank`-th smallest (0-based) of the uint8 `samples` (all the same shape).
+
+    A radix search: bit by bit from the top, keep a bit set while fewer than rank + 1 samples lie
+    below the candidate. Exact, 8 counting passes over the samples, no sort.
+    """
+    value = np.zeros_like(samples[0])
+    count = np.empty(samples[0].shape, np.uint8)
+    below = np.empty(samples[0].shape, bool)
+    for bit in (128, 64, 32, 16, 8, 4, 2, 1):
+        trial = value | np.uint8(bit)
+        count.fill(0)
+        for sample in samples:
+            np.less(sample, trial, out=below)
+            count += below
+        np.copyto(value, trial, where=count <= rank)
+    return value
+
+
+def _count(masks: list[np.ndarray]) -> np.ndarray:
+    """Per pixel, how many of the 0/1 uint8 masks are set (uint8: at most 64 masks)."""
+    total = np.zeros_like(masks[0])
+    for mask in masks:
+        cv2.add(total, mask, dst=total)
+    return total
+
+
+class Estimate:
+    """One evaluation of the kept samples: the plate and what is known about each pixel."""
+
+    def __init__(
+        self, plate: np.ndarray, known: np.ndarray, variability: np.ndarray, samples: int
+    ) -> None:
+        self.plate = plate  # BGR uint8, unknown pixels inpainted
+        self.known = known  # bool per pixel
+        self.variability = variability  # uint8 per pixel: how much it moves when empty (levels)
+        self.samples = samples
+
+    @property
+    def known_fraction(self) -> float:
+        return float(np.mean(self.known))
+
+
+class BackgroundEstimator:
+    """Keeps sub-sampled frames with their per-pixel stillness; estimates the plate on request."""
+
+    def __init__(self, grid: Grid, fps: float, noise: NoiseModel) -> None:
+        self._grid = grid
+        self._noise = noise
+        width, height = grid.full
+        self.capacity = int(np.clip(_MEMORY_BYTES // (width * height * 3), _MIN_CAPACITY, _MAX_CAPACITY))
+        self._hold = max(1, round(_HOLD_S * fps))
+        self._stride = max(1, int(fps // _SAMPLE_HZ))
+        self._kernel = np.ones((2 * _SPREAD_CELLS + 1,) * 2, np.uint8)
+        self._revealed = np.zeros(grid.size[::-1], bool)  # cells where something ever moved
+        self._last_moved = np.full(grid.size[::-1], -(10**6), np.int64)
+        self._images: list[np.ndarray] = []
+        self._still: list[np.ndarray] = []  # uint8 grid masks, 1 = evidence
+        self._gains: list[np.ndarray] = []
+        self._reference: np.ndarray | None = None  # grid image the gains are measured against
+        self._frames = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self._images)
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
+        """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
+        when it was kept as a sample."""
+        self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = self._frames
+        self._frames += 1
+        if (self._frames - 1) % self._stride:
+            return False
+        self._revealed |= moving.astype(bool)
+        still = (self._frames - 1 - self._last_moved >= self._hold).astype(np.uint8)
+        gain = self._gain(small, still)
+        if np.any(np.abs(gain - 1.0) * _GAIN_STEPS >= 1.0):
+            image = cv2.transform(image, np.diag(1.0 / gain))
+        self._images.append(image.copy())
+        self._still.append(still)
+        self._gains.append(gain)
+        if len(self._images) > self.capacity:
+            self._thin()
+        return True
+
+    def _gain(self, small: np.ndarray, still: np.ndarray) -> np.ndarray:
+        """Per-channel light of this frame relative to the reference (1 when unmeasurable)."""
+        if self._reference is None:
+            self._reference = small.astype(np.float32)
+            return np.ones(3, np.float32)
+        usable = cv2.bitwise_and(still, gain_cells(self._reference))
+        gain = measure_gain(small, self._reference, usable)
+        return np.ones(3, np.float32) if gain is None else gain
+
+    def _thin(self) -> None:
+        """Drop every other sample and double the stride: the rest still spans the whole history."""
+        for kept in (self._images, self._still, self._gains):
+            kept[:] = kept[::2]
+        self._stride *= 2
+        _LOG.debug("plate evidence: stride now %d frames", self._stride)
+
+    def estimate(self) -> Estimate:
+        """The plate from the samples kept (see the module docstring); ValueError without samples."""
+        if not self._images:
+            raise ValueError("no frames seen")
+        count = len(self._images)
+        still = [self._grid.expand(mask) for mask in self._still]
+        still_count = _count(still)
+        dynamic = (count >= _DYNAMIC_MIN_SAMPLES) & (still_count < (1 - _DYNAMIC_SHARE) * count)
+        evidence = [cv2.bitwise_or(mask, dynamic.astype(np.uint8)) for mask in still]
+        valid = _count(evidence).astype(np.int32)
+        median = self._median(evidence, valid)
+        deviation = self._deviations(median, evidence)
+        agree = self._agreement_both_halves(deviation, evidence)
+        spread = select(deviation, np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32))
+        known = (
+            (float(np.mean(self._revealed)) >= _MIN_REVEALED)
+            & (valid >= max(_MIN_STILL, _MIN_STILL_SHARE * count))
+            & (agree <= self._agreement())
+        )
+        unseen = valid == 0
+        if unseen.any():  # never still: the plain median of all samples is the best guess left
+            everything = self._median([np.ones_like(mask) for mask in still], np.full_like(valid, count))
+            np.copyto(median, everything, where=unseen[..., None])
+        plate = self._light(median)
+        self._reference = self._grid.shrink(median).astype(np.float32)
+        return Estimate(plate, known, spread, count)
+
+    @staticmethod
+    def _agreement_both_halves(deviation: list[np.ndarray], evidence: list[np.ndarray]) -> np.ndarray:
+        """The larger of the median deviations of the older and the newer half of the samples.
+
+        A value that only one half agrees with arrived (or left) with motion: someone who walked
+        in and stood still, or who stood from the start and left. Such pixels stay unknown
+        until the evidence outlasts them, which is what keeps a visitor out of a busy scene's plate.
+        """
+        middle = len(deviation) // 2
+        worst = np.zeros_like(deviation[0])
+        for half in (slice(0, middle), slice(middle, None)):
+            count = _count(evidence[half]).astype(np.int32) if deviation[half] else None
+            if count is None:
+                continue
+            median_deviation = select(deviation[half], np.maximum(count - 1, 0) // 2)
+            np.maximum(worst, np.where(count > 0, median_deviation, 255).astype(np.uint8), out=worst)
+        return worst
+
+    def _agreement(self) -> float:
+        """Deviation (largest channel, full resolution) within which a sample agrees with the median."""
+        full_sigma = self._noise.sigma * min(self._grid.factor, _AVERAGED)
+        return max(self._noise.plate_threshold, _AGREE_SIGMAS * full_sigma)
+
+    def _median(self, evidence: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
+        """Per pixel and channel, the median of the samples that are evidence there."""
+        masked = []
+        for image, mask in zip(self._images, evidence, strict=True):
+            sample = image.copy()
+            sample[mask == 0] = 255  # above every real value, so never below a candidate
+            masked.append(sample)
+        rank = np.maximum(valid - 1, 0)[..., None]
+        low = select(masked, rank // 2).astype(np.uint16)
+        high = select(masked, (rank + 1) // 2).astype(np.uint16)
+        return ((low + high + 1) // 2).astype(np.uint8)
+
+    def _deviations(self, median: np.ndarray, evidence: list[np.ndarray]) -> list[np.ndarray]:
+        """Per sample, the largest channel deviation from the median (255 where not evidence)."""
+        deviations = []
+        for image, mask in zip(self._images, evidence, strict=True):
+            deviation = np.max(cv2.absdiff(image, median), axis=2)
+            deviation[mask == 0] = 255
+            deviations.append(deviation)
+        return deviations
+
+    def _light(self, median: np.ndarray) -> np.ndarray:
+        """The median plate in the median light of the samples."""
+        gain = np.median(np.stack(self._gains), axis=0)
+        if np.all(np.abs(gain - 1.0) * _GAIN_STEPS < 1.0):
+            return median
+        return cv2.transform(median, np.diag(gain))
