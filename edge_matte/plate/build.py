@@ -12,7 +12,6 @@ import math
 import cv2
 import numpy as np
 
-
 _MAX_STACK = 31  # frames kept for the median; longer captures are subsampled evenly
 
 

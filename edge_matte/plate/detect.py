@@ -28,7 +28,9 @@ _QUANTISATION = 0.29  # std of rounding the shrunken image to integers
 _DEFAULT_SIGMA = 2.0  # full-resolution sensor noise assumed until measured
 _MOVING_FRACTION = 0.0005  # cells that must change for a frame to count as motion
 _ESTIMATE_EVERY = 8  # frames between live noise estimates
-_REPEATED = 1e-3  # a grid-luma difference below this is a codec's repeated block, not a noise sample
+_REPEATED = (
+    1e-3  # a grid-luma difference below this is a codec's repeated block, not a noise sample
+)
 _MIN_NOISE_SAMPLES = 64  # fewer changed cells than this (a static clip) leave the estimate alone
 _MAD_TO_SIGMA = 1.4826  # median absolute deviation of a Gaussian -> its standard deviation
 _NOISE_MEMORY = 0.1  # each estimate moves the running one by this share

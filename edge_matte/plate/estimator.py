@@ -40,7 +40,7 @@ import numpy as np
 
 from .detect import NoiseModel
 from .drift import gain_cells, measure_gain
-from .grid import Grid, grow
+from .grid import Grid
 
 _LOG = logging.getLogger(__name__)
 _MEMORY_BYTES = 96 * 2**20  # kept samples; with the working arrays < 150 MB at 1080p
@@ -50,14 +50,20 @@ _HOLD_S = 0.2  # a pixel that moved this recently is not evidence yet
 _SPREAD_CELLS = 1  # motion also voids this many grid cells around (a moving edge blurs)
 _MIN_STILL = 4  # still samples a pixel needs to be known...
 _MIN_STILL_SHARE = 0.2  # ...and this share of the samples kept
+_QUIET_RADIUS = 0.08  # "quiet": nothing moved within this share of the frame width...
+_QUIET_S = 0.5  # ...for this long (a standing person sways; their middle is never quiet)
+_QUIET_SHARE = 0.2  # quiet samples can stand alone where they are at least this share
 _MIN_REVEALED = 0.1  # motion must have touched this share of the frame before anything is known
 _DYNAMIC_SHARE = 0.5  # moving in more than this share of the samples: it moves by itself
 _DYNAMIC_MIN_SAMPLES = 8  # ...judged only once this many samples are kept
-_AGREE_SIGMAS = 4.0  # agreement: the largest of 3 channels' full-resolution noise stays under 4 sigma
+_AGREE_SIGMAS = (
+    4.0  # agreement: the largest of 3 channels' full-resolution noise stays under 4 sigma
+)
 _AVERAGED = 4  # the grid's noise is the full-resolution noise averaged over up to 4x4 pixels
+_DOMINANCE = 2 / 3  # share of a pixel's evidence that must agree with its median to know it
 _SPREAD_QUANTILE = 0.9  # variability: this quantile of the deviation from the median
 _GAIN_STEPS = 512  # gains closer to 1 than 1/512 are not applied
-_INPAINT_RADIUS = 3
+_STRIP_ROWS = 32  # the median is found this many rows at a time
 
 
 def select(samples: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
@@ -110,14 +116,21 @@ class BackgroundEstimator:
         self._grid = grid
         self._noise = noise
         width, height = grid.full
-        self.capacity = int(np.clip(_MEMORY_BYTES // (width * height * 3), _MIN_CAPACITY, _MAX_CAPACITY))
+        self.capacity = int(
+            np.clip(_MEMORY_BYTES // (width * height * 3), _MIN_CAPACITY, _MAX_CAPACITY)
+        )
         self._hold = max(1, round(_HOLD_S * fps))
         self._stride = max(1, int(fps // _SAMPLE_HZ))
         self._kernel = np.ones((2 * _SPREAD_CELLS + 1,) * 2, np.uint8)
         self._revealed = np.zeros(grid.size[::-1], bool)  # cells where something ever moved
         self._last_moved = np.full(grid.size[::-1], -(10**6), np.int64)
+        self._last_near = self._last_moved.copy()
+        quiet = 2 * max(1, round(grid.size[0] * _QUIET_RADIUS)) + 1
+        self._quiet_kernel = np.ones((quiet, quiet), np.uint8)
+        self._quiet_frames = max(1, round(_QUIET_S * fps))
         self._images: list[np.ndarray] = []
         self._still: list[np.ndarray] = []  # uint8 grid masks, 1 = evidence
+        self._quiet: list[np.ndarray] = []  # uint8 grid masks, 1 = nothing moved near for a while
         self._gains: list[np.ndarray] = []
         self._reference: np.ndarray | None = None  # grid image the gains are measured against
         self._frames = 0
@@ -134,11 +147,15 @@ class BackgroundEstimator:
         """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
         when it was kept as a sample."""
         self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = self._frames
+        self._last_near[cv2.dilate(moving, self._quiet_kernel).astype(bool)] = self._frames
         self._frames += 1
         if (self._frames - 1) % self._stride:
             return False
         self._revealed |= moving.astype(bool)
         still = (self._frames - 1 - self._last_moved >= self._hold).astype(np.uint8)
+        self._quiet.append(
+            (self._frames - 1 - self._last_near >= self._quiet_frames).astype(np.uint8)
+        )
         gain = self._gain(small, still)
         if np.any(np.abs(gain - 1.0) * _GAIN_STEPS >= 1.0):
             image = cv2.transform(image, np.diag(1.0 / gain))
@@ -160,7 +177,7 @@ class BackgroundEstimator:
 
     def _thin(self) -> None:
         """Drop every other sample and double the stride: the rest still spans the whole history."""
-        for kept in (self._images, self._still, self._gains):
+        for kept in (self._images, self._still, self._quiet, self._gains):
             kept[:] = kept[::2]
         self._stride *= 2
         _LOG.debug("plate evidence: stride now %d frames", self._stride)
@@ -170,62 +187,68 @@ class BackgroundEstimator:
         if not self._images:
             raise ValueError("no frames seen")
         count = len(self._images)
-        still = [self._grid.expand(mask) for mask in self._still]
-        still_count = _count(still)
-        dynamic = (count >= _DYNAMIC_MIN_SAMPLES) & (still_count < (1 - _DYNAMIC_SHARE) * count)
-        evidence = [cv2.bitwise_or(mask, dynamic.astype(np.uint8)) for mask in still]
+        moving_share = 1.0 - _count(self._still) / count
+        dynamic = (count >= _DYNAMIC_MIN_SAMPLES) & (moving_share > _DYNAMIC_SHARE)
+        evidence, median = self._evidence(count, dynamic.astype(np.uint8))
         valid = _count(evidence).astype(np.int32)
-        median = self._median(evidence, valid)
         deviation = self._deviations(median, evidence)
-        agree = self._agreement_both_halves(deviation, evidence)
-        spread = select(deviation, np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32))
+        agreeing = _count([(d <= self._agreement()).astype(np.uint8) for d in deviation])
+        spread_rank = np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32)
         known = (
             (float(np.mean(self._revealed)) >= _MIN_REVEALED)
             & (valid >= max(_MIN_STILL, _MIN_STILL_SHARE * count))
-            & (agree <= self._agreement())
+            & (agreeing >= _DOMINANCE * valid)
         )
         unseen = valid == 0
         if unseen.any():  # never still: the plain median of all samples is the best guess left
-            everything = self._median([np.ones_like(mask) for mask in still], np.full_like(valid, count))
-            np.copyto(median, everything, where=unseen[..., None])
-        plate = self._light(median)
+            everything = [np.ones_like(mask) for mask in evidence]
+            np.copyto(median, self._median(everything), where=unseen[..., None])
         self._reference = self._grid.shrink(median).astype(np.float32)
-        return Estimate(plate, known, spread, count)
+        return Estimate(self._light(median), known, select(deviation, spread_rank), count)
 
-    @staticmethod
-    def _agreement_both_halves(deviation: list[np.ndarray], evidence: list[np.ndarray]) -> np.ndarray:
-        """The larger of the median deviations of the older and the newer half of the samples.
+    def _evidence(self, count: int, dynamic: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per pixel, the samples that are evidence and their median.
 
-        A value that only one half agrees with arrived (or left) with motion: someone who walked
-        in and stood still, or who stood from the start and left. Such pixels stay unknown
-        until the evidence outlasts them, which is what keeps a visitor out of a busy scene's plate.
+        Still samples by default; the quiet ones alone where there are enough of them and their
+        median differs (beyond the noise) from the still samples': someone stood there, still
+        but not quiet. Elsewhere the still samples are more, so less noisy.
         """
-        middle = len(deviation) // 2
-        worst = np.zeros_like(deviation[0])
-        for half in (slice(0, middle), slice(middle, None)):
-            count = _count(evidence[half]).astype(np.int32) if deviation[half] else None
-            if count is None:
-                continue
-            median_deviation = select(deviation[half], np.maximum(count - 1, 0) // 2)
-            np.maximum(worst, np.where(count > 0, median_deviation, 255).astype(np.uint8), out=worst)
-        return worst
+        still = [self._grid.expand(cv2.bitwise_or(mask, dynamic)) for mask in self._still]
+        median = self._median(still)
+        quiet = [self._grid.expand(cv2.bitwise_or(mask, dynamic)) for mask in self._quiet]
+        enough = _count(quiet) >= max(_MIN_STILL, _QUIET_SHARE * count)
+        if not enough.any():
+            return still, median
+        quiet_median = self._median(quiet)
+        differs = np.max(cv2.absdiff(quiet_median, median), axis=2) > self._agreement()
+        use_quiet = (enough & differs).astype(np.uint8)
+        np.copyto(median, quiet_median, where=use_quiet[..., None].astype(bool))
+        chosen = [
+            np.where(use_quiet, q, s).astype(np.uint8) for q, s in zip(quiet, still, strict=True)
+        ]
+        return chosen, median
 
     def _agreement(self) -> float:
         """Deviation (largest channel, full resolution) within which a sample agrees with the median."""
         full_sigma = self._noise.sigma * min(self._grid.factor, _AVERAGED)
         return max(self._noise.plate_threshold, _AGREE_SIGMAS * full_sigma)
 
-    def _median(self, evidence: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
-        """Per pixel and channel, the median of the samples that are evidence there."""
-        masked = []
-        for image, mask in zip(self._images, evidence, strict=True):
-            sample = image.copy()
-            sample[mask == 0] = 255  # above every real value, so never below a candidate
-            masked.append(sample)
-        rank = np.maximum(valid - 1, 0)[..., None]
-        low = select(masked, rank // 2).astype(np.uint16)
-        high = select(masked, (rank + 1) // 2).astype(np.uint16)
-        return ((low + high + 1) // 2).astype(np.uint8)
+    def _median(self, evidence: list[np.ndarray]) -> np.ndarray:
+        """Per pixel and channel, the median of the samples that are evidence there (strip by
+        strip: the masked copies of a strip are small, the samples are never copied whole)."""
+        median = np.empty_like(self._images[0])
+        for top in range(0, median.shape[0], _STRIP_ROWS):
+            rows = slice(top, top + _STRIP_ROWS)
+            masks = [mask[rows] for mask in evidence]
+            strip = [
+                np.where(mask[..., None] > 0, image[rows], np.uint8(255))  # 255: never below
+                for image, mask in zip(self._images, masks, strict=True)
+            ]
+            rank = np.maximum(_count(masks).astype(np.int32) - 1, 0)[..., None]
+            low = select(strip, rank // 2).astype(np.uint16)
+            high = select(strip, (rank + 1) // 2).astype(np.uint16)
+            median[rows] = ((low + high + 1) // 2).astype(np.uint8)
+        return median
 
     def _deviations(self, median: np.ndarray, evidence: list[np.ndarray]) -> list[np.ndarray]:
         """Per sample, the largest channel deviation from the median (255 where not evidence)."""

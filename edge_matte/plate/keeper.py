@@ -53,8 +53,8 @@ from ..frames import Frame, Matte
 from ..profile import Profile
 from . import store
 from .align import Shift
-from .estimator import BackgroundEstimator
 from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
+from .estimator import BackgroundEstimator
 from .grid import Grid, grey
 from .live import LivePlate
 from .maker import READY_KNOWN, Evaluator, NewPlate, PlateMaker
@@ -274,10 +274,16 @@ class PlateKeeper:
         """Feed the per-pixel estimator behind the installed plate; install what it learns."""
         self._improving.estimator.add(frame.image, view.small, self._detector.moving)
         estimate = self._improving.poll()
-        if estimate is not None and estimate.known_fraction >= self._live.known_fraction:
-            new = NewPlate(estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability)
+        if estimate is not None and estimate.known_fraction >= min(
+            READY_KNOWN, self._live.known_fraction
+        ):
+            new = NewPlate(
+                estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability
+            )
             how = f"{estimate.known_fraction * 100:.1f}% known from {estimate.samples} samples"
+            improving = self._improving
             self._install(new, f"per-pixel plate improved: {how}", "plate.improved")
+            self._improving = improving
 
     def _new_maker(self) -> PlateMaker:
         return PlateMaker(self._config.capture_frames, self._fps, self._background)
@@ -487,7 +493,9 @@ class PlateKeeper:
             return "more evidence: the per-pixel plate keeps improving"
         if self._live is None and not (self._grid is not None and self._detector.motion_seen):
             return "the scene to change once (a still person must not become the plate)"
-        known = "nothing estimated yet" if latest is None else f"{latest.known_fraction * 100:.1f}% now"
+        known = (
+            "nothing estimated yet" if latest is None else f"{latest.known_fraction * 100:.1f}% now"
+        )
         return f"an empty scene, or {READY_KNOWN * 100:.0f}% of the background seen still ({known})"
 
     def stats(self) -> dict[str, float]:
@@ -511,4 +519,6 @@ class PlateKeeper:
             estimate = building.estimator.estimate()
             if estimate.known_fraction == 0.0:
                 return None
-            return NewPlate(estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability)
+            return NewPlate(
+                estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability
+            )

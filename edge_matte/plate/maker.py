@@ -23,9 +23,9 @@ from .build import MedianCapture
 from .estimator import BackgroundEstimator, Estimate
 
 _LOG = logging.getLogger(__name__)
-READY_KNOWN = 0.95  # a per-pixel plate is installed once this much of it is known
+READY_KNOWN = 0.9  # a per-pixel plate is installed once this much of it is known
 _ESTIMATE_EVERY_S = 3.0  # seconds of frames between estimates while building
-_MIN_SPAN_S = 4.0  # evidence must span this long before a first estimate
+_MIN_SPAN_S = 10.0  # evidence must span this long before a first estimate (visitors stay seconds)
 _MANUAL_S = 3.0  # a manual capture estimates over at least this long
 
 
@@ -139,9 +139,13 @@ class PlateMaker:
         self._median.add(image)
         if not self._median.done:
             return None
-        return NewPlate(self._median.median(), "median", 1.0, f"median of {self._median.seen} frames")
+        return NewPlate(
+            self._median.median(), "median", 1.0, f"median of {self._median.seen} frames"
+        )
 
-    def _take_manual(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> NewPlate | None:
+    def _take_manual(
+        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray
+    ) -> NewPlate | None:
         if not isinstance(self._manual, BackgroundEstimator):
             self._manual = self._manual()
         estimator = self._manual
