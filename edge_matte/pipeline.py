@@ -72,7 +72,7 @@ class Pipeline:
             emit,
             profile,
             fps=src.fps,
-            background_estimates=True,  # the per-pixel estimate (~1 s) never stalls the frame loop
+            estimates="background",  # the per-pixel estimate (~1 s) never stalls the frame loop
         )
         self.engine = on_passing_thread(lambda: EngineChain(config.matting, emit, profile))
         self.compositor = _compositor(config, emit)

@@ -24,9 +24,12 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
   `_MIN_REVEALED` of the frame, nothing tells a person who stays in view (and only sways) from
   the room, so nothing is known: this keeps a person present from the first frame out of the
   plate. A street or a lobby passes this within seconds (`vtest.avi`: 14 % after 4 s).
+* **Visitors are outlasted.** Someone who walks in and stands still is as still as the room; a
+  pixel is known only once the evidence spans `MIN_SPAN_S`, so a stay under half of it is
+  outvoted (a stay of minutes is not: see the README).
 * **Dynamic background.** A pixel that moved in more than `_DYNAMIC_SHARE` of the samples over a
   long span is not a passer-by but something that moves by itself (leaves, a screen): all its
-  samples are evidence, and how much it moves is the **variability** (the `_SPREAD_QUANTILE`
+  samples are evidence, it counts as known, and how much it moves is the **variability** (the `_SPREAD_QUANTILE`
   quantile of the deviation from the median), stored with the plate and used by the keeper's
   emptiness test and the classic engine's thresholds.
 """
@@ -53,6 +56,7 @@ _MIN_STILL_SHARE = 0.2  # ...and this share of the samples kept
 _QUIET_RADIUS = 0.08  # "quiet": nothing moved within this share of the frame width...
 _QUIET_S = 0.5  # ...for this long (a standing person sways; their middle is never quiet)
 _QUIET_SHARE = 0.2  # quiet samples can stand alone where they are at least this share
+MIN_SPAN_S = 10.0  # a still pixel is known only from evidence this long: visitors stay seconds
 _MIN_REVEALED = 0.1  # motion must have touched this share of the frame before anything is known
 _DYNAMIC_SHARE = 0.5  # moving in more than this share of the samples: it moves by itself
 _DYNAMIC_MIN_SAMPLES = 8  # ...judged only once this many samples are kept
@@ -121,6 +125,7 @@ class BackgroundEstimator:
         )
         self._hold = max(1, round(_HOLD_S * fps))
         self._stride = max(1, int(fps // _SAMPLE_HZ))
+        self._min_span = round(MIN_SPAN_S * fps)
         self._kernel = np.ones((2 * _SPREAD_CELLS + 1,) * 2, np.uint8)
         self._revealed = np.zeros(grid.size[::-1], bool)  # cells where something ever moved
         self._last_moved = np.full(grid.size[::-1], -(10**6), np.int64)
@@ -194,10 +199,12 @@ class BackgroundEstimator:
         deviation = self._deviations(median, evidence)
         agreeing = _count([(d <= self._agreement()).astype(np.uint8) for d in deviation])
         spread_rank = np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32)
+        moves = self._grid.expand(dynamic.astype(np.uint8)).astype(bool)
+        long_enough = self._frames >= self._min_span
         known = (
             (float(np.mean(self._revealed)) >= _MIN_REVEALED)
             & (valid >= max(_MIN_STILL, _MIN_STILL_SHARE * count))
-            & (agreeing >= _DOMINANCE * valid)
+            & (((agreeing >= _DOMINANCE * valid) & long_enough) | moves)
         )
         unseen = valid == 0
         if unseen.any():  # never still: the plain median of all samples is the best guess left

@@ -57,7 +57,7 @@ from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
 from .estimator import BackgroundEstimator
 from .grid import Grid, grey
 from .live import LivePlate
-from .maker import READY_KNOWN, Evaluator, NewPlate, PlateMaker
+from .maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
 from .upkeep import Upkeep, View, compare
 
 _LOG = logging.getLogger(__name__)
@@ -92,12 +92,11 @@ class PlateKeeper:
         emit: Emit,
         profile: Profile | None = None,
         fps: float = 30.0,
-        background_estimates: bool = False,
+        estimates: Estimates = "inline",
     ) -> None:
-        """`background_estimates`: evaluate the per-pixel estimator on a worker thread (the
-        daemon's frame loop); off, it runs in `observe` (offline and tests, deterministic)."""
+        """`estimates`: when the per-pixel estimator is evaluated (see `maker.Evaluator`)."""
         self._config = config
-        self._background = background_estimates
+        self._estimates = estimates
         self._file = (
             None
             if path is None
@@ -286,7 +285,7 @@ class PlateKeeper:
             self._improving = improving
 
     def _new_maker(self) -> PlateMaker:
-        return PlateMaker(self._config.capture_frames, self._fps, self._background)
+        return PlateMaker(self._config.capture_frames, self._fps, self._estimates)
 
     def _start_capturing(self, reason: str) -> None:
         self._maker = self._maker or self._new_maker()
@@ -371,7 +370,9 @@ class PlateKeeper:
             return
         live = self._live
         try:
-            self._file.save(live.image(), live.method, live.known_fraction, live.created)
+            self._file.save(
+                live.image(), live.method, live.known_fraction, live.created, live.variability
+            )
         except (StorageError, MediaError) as err:
             _LOG.warning("plate not saved: %s", err)
             self._emit(
@@ -454,6 +455,7 @@ class PlateKeeper:
             self._live = LivePlate(
                 image, self._grid, meta.method, meta.known_fraction, meta.created
             )
+            self._live.variability = meta.variability
             age = time.time() - meta.created
             message = f"restored saved plate ({meta.method}, {age:.0f} s old)"
             self._change(PlateState.READY, "plate.loaded", message, method=meta.method)

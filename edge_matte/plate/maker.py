@@ -7,7 +7,9 @@ still, so people walking past do not become ghosts. While there is no plate at a
 per-pixel estimator (`estimator`) runs whenever no median is being taken, so a scene that never
 empties still gets a plate once `READY_KNOWN` of it is known; whichever finishes first wins.
 The estimator is evaluated every `_ESTIMATE_EVERY_S` (about a second of work at 576p with 64
-samples), on a worker thread when `background` is set so the frame loop never stalls.
+samples): "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
+so the daemon's frame loop never stalls, or "final": never while frames come (an offline build
+asks once, at the end).
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from .build import MedianCapture
-from .estimator import BackgroundEstimator, Estimate
+from .estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
 
 _LOG = logging.getLogger(__name__)
+Estimates = Literal["inline", "background", "final"]
 READY_KNOWN = 0.9  # a per-pixel plate is installed once this much of it is known
 _ESTIMATE_EVERY_S = 3.0  # seconds of frames between estimates while building
-_MIN_SPAN_S = 10.0  # evidence must span this long before a first estimate (visitors stay seconds)
 _MANUAL_S = 3.0  # a manual capture estimates over at least this long
 
 
@@ -50,11 +53,11 @@ def from_estimate(estimate: Estimate, how: str) -> NewPlate:
 class Evaluator:
     """Runs `estimate()` of one estimator now and then, in the frame loop or on a worker thread."""
 
-    def __init__(self, estimator: BackgroundEstimator, fps: float, background: bool) -> None:
+    def __init__(self, estimator: BackgroundEstimator, fps: float, mode: Estimates) -> None:
         self.estimator = estimator
         self._every = max(1, round(_ESTIMATE_EVERY_S * fps))
-        self._first = max(1, round(_MIN_SPAN_S * fps))
-        self._background = background
+        self._first = max(1, round(MIN_SPAN_S * fps))
+        self._mode = mode
         self._last = 0
         self._worker: threading.Thread | None = None
         self._done: Estimate | None = None
@@ -66,10 +69,12 @@ class Evaluator:
         if self._worker is not None and not self._worker.is_alive():
             self._worker, result, self._done = None, self._done, None
             return self._keep(result)
-        if frames < self._first or frames - self._last < self._every or self._worker is not None:
+        if self._mode == "final" or self._worker is not None:
+            return None
+        if frames < self._first or frames - self._last < self._every:
             return None
         self._last = frames
-        if not self._background:
+        if self._mode == "inline":
             return self._keep(self.estimator.estimate())
         self._worker = threading.Thread(target=self._run, name="plate-estimate", daemon=True)
         self._worker.start()
@@ -87,10 +92,10 @@ class Evaluator:
 class PlateMaker:
     """Runs the median capture and the per-pixel estimator for one capturing period."""
 
-    def __init__(self, capture_frames: int, fps: float, background: bool = False) -> None:
+    def __init__(self, capture_frames: int, fps: float, estimates: Estimates = "inline") -> None:
         self._capture_frames = capture_frames
         self._fps = fps
-        self._background = background
+        self._estimates = estimates
         self._median: MedianCapture | None = None
         self._manual: Callable[[], BackgroundEstimator] | BackgroundEstimator | None = None
         self._manual_frames = 0
@@ -106,7 +111,7 @@ class PlateMaker:
     def build(self, estimator: BackgroundEstimator) -> None:
         """Also build per pixel (there is no plate to fall back on)."""
         if self._builder is None:
-            self._builder = Evaluator(estimator, self._fps, self._background)
+            self._builder = Evaluator(estimator, self._fps, self._estimates)
 
     @property
     def building(self) -> Evaluator | None:

@@ -39,7 +39,7 @@ def build_plate(
     MediaError when the recording gives nothing usable.
     """
     info = source.info
-    keeper = PlateKeeper(config, None, info.uri, log_only, profile, fps=info.fps)
+    keeper = PlateKeeper(config, None, info.uri, log_only, profile, fps=info.fps, estimates="final")
     recent: deque[np.ndarray] = deque(maxlen=config.capture_frames)
     frames = 0
     while frames < max_frames and keeper.status()["method"] != "median":
