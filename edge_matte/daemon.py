@@ -239,6 +239,8 @@ class Daemon:
             "plate": plate.get("state"),
             "plate_age_s": plate.get("age_s"),
             "plate_frozen": plate.get("frozen"),
+            "plate_known_fraction": plate.get("known_fraction"),
+            "plate_waiting_for": plate.get("waiting_for"),
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,

@@ -18,8 +18,9 @@ from edge_matte import synth
 from edge_matte.config import MattingConfig, PlateConfig
 from edge_matte.engine.classic import ClassicEngine
 from edge_matte.errors import SourceEnded
+from edge_matte.events import Event
 from edge_matte.frames import Frame, PlateImage, SourceInfo
-from edge_matte.plate import build_plate
+from edge_matte.plate import PlateKeeper, PlateState, build_plate
 
 CLIPS = Path("/usr/share/doc/opencv-doc/examples/data")
 pytestmark = pytest.mark.skipif(
@@ -162,3 +163,17 @@ def test_semi_real_subjects_matted_against_the_plate_built_from_the_street(vtest
     print(ours, reference)
     assert ours[0] <= 1.2 * reference[0] + 0.5 and ours[1] <= 1.2 * reference[1] + 0.005
     assert ours[2] <= reference[2] + 0.005  # false foreground far from the subject
+
+
+def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest) -> None:
+    """What the daemon does on file://vtest.avi at 10 fps (the estimates inline instead of on a
+    worker thread, so the test is deterministic): a plate within 30 s, close to the clip median."""
+    frames, fps = vtest
+    events: list[Event] = []
+    keeper = PlateKeeper(PlateConfig(), None, "file://vtest.avi", events.append, fps=fps)
+    source = Clip(frames, fps)
+    for _ in range(round(30 * fps)):
+        keeper.observe(source.read(0.0), None)
+    assert keeper.state is PlateState.READY and keeper.status()["method"] == "per-pixel"
+    assert [e.kind for e in events][:2] == ["plate.capturing", "plate.captured"]
+    assert errors(keeper.plate, temporal_median(frames))[0] <= 2.0  # measured 1.7

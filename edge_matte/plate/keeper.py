@@ -65,6 +65,7 @@ _EMPTY_COVERAGE = 0.002  # matte coverage under which nobody is in view
 _EMPTY_CHANGED = 0.002  # fraction of cells differing from the plate under which it matches
 _IDLE_CHANGED = 0.001
 _STALE_S = 0.5
+_IMPROVED_SAVE_S = 60.0  # an improving plate is saved at most this often (flash wear)
 _TIMING_WINDOW = 300
 
 
@@ -117,6 +118,7 @@ class PlateKeeper:
         self._view_cache: View | None = None
         self._frames = 0
         self._stale_frames = 0
+        self._saved_at = -float("inf")  # time.monotonic() of the last save
 
     # -- what the pipeline reads ------------------------------------------------------------------
 
@@ -349,7 +351,8 @@ class PlateKeeper:
             method=live.method,
             known_fraction=live.known_fraction,
         )
-        self._save()
+        if kind != "plate.improved" or time.monotonic() - self._saved_at >= _IMPROVED_SAVE_S:
+            self._save()
 
     def _drop_plate(self) -> None:
         self._live = None
@@ -369,6 +372,7 @@ class PlateKeeper:
         if self._file is None or self._live is None:
             return
         live = self._live
+        self._saved_at = time.monotonic()
         try:
             self._file.save(
                 live.image(), live.method, live.known_fraction, live.created, live.variability

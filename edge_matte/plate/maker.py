@@ -6,8 +6,8 @@ temporal estimate over `_MANUAL_S` seconds: the median of the samples where each
 still, so people walking past do not become ghosts. While there is no plate at all, the
 per-pixel estimator (`estimator`) runs whenever no median is being taken, so a scene that never
 empties still gets a plate once `READY_KNOWN` of it is known; whichever finishes first wins.
-The estimator is evaluated every `_ESTIMATE_EVERY_S` (about a second of work at 576p with 64
-samples): "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
+The estimator is evaluated every `_ESTIMATE_EVERY_S`, or a tenth of the evidence's span once
+that is longer (at most every `_MAX_EVERY_S`), about a second of work at 576p with 64 samples: "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
 so the daemon's frame loop never stalls, or "final": never while frames come (an offline build
 asks once, at the end).
 """
@@ -28,7 +28,9 @@ from .estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
 _LOG = logging.getLogger(__name__)
 Estimates = Literal["inline", "background", "final"]
 READY_KNOWN = 0.9  # a per-pixel plate is installed once this much of it is known
-_ESTIMATE_EVERY_S = 3.0  # seconds of frames between estimates while building
+_ESTIMATE_EVERY_S = 3.0  # seconds of frames between estimates while building...
+_EVERY_SHARE = 0.1  # ...or this share of the evidence's span once that is longer...
+_MAX_EVERY_S = 60.0  # ...up to this: an estimate costs a second, a plate that has settled less
 _MANUAL_S = 3.0  # a manual capture estimates over at least this long
 
 
@@ -56,6 +58,7 @@ class Evaluator:
     def __init__(self, estimator: BackgroundEstimator, fps: float, mode: Estimates) -> None:
         self.estimator = estimator
         self._every = max(1, round(_ESTIMATE_EVERY_S * fps))
+        self._max_every = max(1, round(_MAX_EVERY_S * fps))
         self._first = max(1, round(MIN_SPAN_S * fps))
         self._mode = mode
         self._last = 0
@@ -71,7 +74,8 @@ class Evaluator:
             return self._keep(result)
         if self._mode == "final" or self._worker is not None:
             return None
-        if frames < self._first or frames - self._last < self._every:
+        every = min(max(self._every, round(_EVERY_SHARE * frames)), self._max_every)
+        if frames < self._first or frames - self._last < every:
             return None
         self._last = frames
         if self._mode == "inline":
