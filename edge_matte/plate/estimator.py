@@ -8,7 +8,7 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
   `detect`). Nothing is voided far from where something moved, so a street that always has
   someone in it still gives evidence almost everywhere.
 * **Samples spread over the whole history, in bounded memory.** Up to `capacity` frames are kept
-  (`_MEMORY_BYTES` whatever the frame size: 64 at 576p, 34 at 720p, 15 at 1080p); when full,
+  (`_MEMORY_BYTES` whatever the frame size: 54 at 576p, 27 at 720p, 12 at 1080p); when full,
   every other one is dropped and the sampling stride doubles, so the kept samples always span
   everything seen so far. A person who stands for a while covers a few samples, not most.
 * **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
@@ -46,7 +46,7 @@ from .drift import gain_cells, measure_gain
 from .grid import Grid
 
 _LOG = logging.getLogger(__name__)
-_MEMORY_BYTES = 96 * 2**20  # kept samples; with the working arrays < 150 MB at 1080p
+_MEMORY_BYTES = 72 * 2**20  # kept samples; with an estimate's working arrays < 150 MB at 1080p
 _MIN_CAPACITY, _MAX_CAPACITY = 8, 64  # samples kept (the count must fit the uint8 counters)
 _SAMPLE_HZ = 10.0  # at most this many samples a second: frames closer in time repeat evidence
 _HOLD_S = 0.2  # a pixel that moved this recently is not evidence yet
@@ -147,6 +147,12 @@ class BackgroundEstimator:
     @property
     def frames(self) -> int:
         return self._frames
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the kept samples and the per-cell state (bytes)."""
+        kept = self._images + self._still + self._quiet
+        return sum(a.nbytes for a in kept) + self._last_moved.nbytes * 2 + self._revealed.nbytes
 
     def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
         """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
