@@ -111,18 +111,18 @@ def test_vtest_plate_converges_in_a_street_that_is_never_empty(vtest) -> None:
         figures[horizon] = (ours, mog2, status["known_fraction"])
     print(figures)
     (mae, p99), (mog2_mae, _), known = figures[len(frames)]
-    assert mae <= 0.5 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.45, 2, 0.55, 0.98
+    assert mae <= 0.5 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.46, 2, 0.55, 0.98
     (mae, _), (mog2_mae, _), _ = figures[300]
     assert mae <= 1.02 * mog2_mae  # measured 1.61 (target 1.5), MOG2 1.61
     (mae, _), (mog2_mae, _), _ = figures[100]
-    assert mae <= 2.6  # measured 2.42 (target 2.1), MOG2 2.07: someone standing 10 s is kept
+    assert mae <= 2.6  # measured 2.30 (target 2.1), MOG2 2.07: someone standing 10 s is kept
 
 
 def test_tree_leaves_are_background(tree) -> None:
     frames, fps = tree
     empty = frames[:TREE_EMPTY]
     plate, status = built(empty, fps)
-    assert errors(plate, temporal_median(empty))[0] <= 2.2  # measured 0.36
+    assert errors(plate, temporal_median(empty))[0] <= 2.2  # measured 0.94
     assert status["known_fraction"] > 0.9 and status["variability"] is not None
     engine = ClassicEngine(MattingConfig().classic)
     with_map = PlateImage.of(plate, status["variability"])
@@ -131,10 +131,10 @@ def test_tree_leaves_are_background(tree) -> None:
     mog2 = cv2.createBackgroundSubtractorMOG2()
     masks = [mog2.apply(f) for f in empty]
     mog2_share = np.mean([np.mean(m == 255) for m in masks[TREE_EMPTY // 2 :]])  # once learnt
-    assert ours <= 0.018 and ours <= mog2_share  # measured 0.0, without the map 0.026
+    assert ours <= 0.018 and ours <= mog2_share  # measured 0.0, without the map 0.027
     assert ours < without
     hand = [np.mean(engine.matte(f, with_map).alpha > 0.5) for f in frames[TREE_EMPTY + 3 :]]
-    assert min(hand) > 0.02  # the hand that enters is still matted (measured 5-13 %)
+    assert min(hand) > 0.02  # the hand that enters is still matted (measured 6 % and more)
 
 
 def test_semi_real_subjects_matted_against_the_plate_built_from_the_street(vtest) -> None:
@@ -176,4 +176,6 @@ def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest) -> None:
         keeper.observe(source.read(0.0), None)
     assert keeper.state is PlateState.READY and keeper.status()["method"] == "per-pixel"
     assert [e.kind for e in events][:2] == ["plate.capturing", "plate.captured"]
-    assert errors(keeper.plate, temporal_median(frames))[0] <= 2.0  # measured 1.7
+    assert (
+        errors(keeper.plate, temporal_median(frames))[0] <= 2.0
+    )  # measured 1.77 (2.30 when installed at 10 s)

@@ -58,7 +58,7 @@ _QUIET_S = 0.5  # ...for this long (a standing person sways; their middle is nev
 _QUIET_SHARE = 0.2  # quiet samples can stand alone where they are at least this share
 MIN_SPAN_S = 10.0  # a still pixel is known only from evidence this long: visitors stay seconds
 _MIN_REVEALED = 0.1  # motion must have touched this share of the frame before anything is known
-_DYNAMIC_SHARE = 0.5  # moving in more than this share of the samples: it moves by itself
+_DYNAMIC_SHARE = 0.7  # moving in more than this share of the samples: it moves by itself
 _DYNAMIC_MIN_SAMPLES = 8  # ...judged only once this many samples are kept
 _AGREE_SIGMAS = (
     4.0  # agreement: the largest of 3 channels' full-resolution noise stays under 4 sigma
