@@ -36,7 +36,9 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 
 import cv2
 import numpy as np
@@ -139,6 +141,7 @@ class BackgroundEstimator:
         self._gains: list[np.ndarray] = []
         self._reference: np.ndarray | None = None  # grid image the gains are measured against
         self._frames = 0
+        self._lock = threading.Lock()  # `estimate` may run on a worker thread while frames come
 
     @property
     def samples(self) -> int:
@@ -157,6 +160,10 @@ class BackgroundEstimator:
     def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
         """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
         when it was kept as a sample."""
+        with self._lock:
+            return self._add(image, small, moving)
+
+    def _add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
         self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = self._frames
         self._last_near[cv2.dilate(moving, self._quiet_kernel).astype(bool)] = self._frames
         self._frames += 1
@@ -194,9 +201,23 @@ class BackgroundEstimator:
         _LOG.debug("plate evidence: stride now %d frames", self._stride)
 
     def estimate(self) -> Estimate:
-        """The plate from the samples kept (see the module docstring); ValueError without samples."""
-        if not self._images:
-            raise ValueError("no frames seen")
+        """The plate from the samples kept (see the module docstring); ValueError without samples.
+
+        Works on a snapshot (the sample arrays are never changed once kept), so frames can keep
+        coming meanwhile."""
+        with self._lock:
+            if not self._images:
+                raise ValueError("no frames seen")
+            snapshot = copy.copy(self)
+            for name in ("_images", "_still", "_quiet", "_gains"):
+                setattr(snapshot, name, list(getattr(self, name)))
+            snapshot._revealed = self._revealed.copy()
+        estimate = snapshot._estimate()
+        with self._lock:
+            self._reference = snapshot._reference
+        return estimate
+
+    def _estimate(self) -> Estimate:
         count = len(self._images)
         moving_share = 1.0 - _count(self._still) / count
         dynamic = (count >= _DYNAMIC_MIN_SAMPLES) & (moving_share > _DYNAMIC_SHARE)
