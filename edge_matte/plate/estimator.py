@@ -8,7 +8,7 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
   `detect`). Nothing is voided far from where something moved, so a street that always has
   someone in it still gives evidence almost everywhere.
 * **Samples spread over the whole history, in bounded memory.** Up to `capacity` frames are kept
-  (`_MEMORY_BYTES` whatever the frame size: 54 at 576p, 27 at 720p, 12 at 1080p); when full,
+  (`_MEMORY_BYTES` whatever the frame size: 56 at 576p, 27 at 720p, 12 at 1080p); when full,
   every other one is dropped and the sampling stride doubles, so the kept samples always span
   everything seen so far. A person who stands for a while covers a few samples, not most.
 * **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
