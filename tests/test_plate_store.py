@@ -216,3 +216,12 @@ def test_a_damaged_variability_map_is_refused(saved: Path) -> None:
     store.sidecar(saved).write_text(json.dumps(record))
     with pytest.raises(MediaError, match="variability"):
         store.load(saved)
+
+
+@pytest.mark.parametrize("value", ["", "AAAA", 5, True, ["x"]])
+def test_a_variability_map_that_is_not_an_image_is_refused(saved: Path, value: object) -> None:
+    record = json.loads(store.sidecar(saved).read_text())
+    record["variability"] = value
+    store.sidecar(saved).write_text(json.dumps(record))
+    with pytest.raises(MediaError, match="variability"):
+        store.load(saved)

@@ -97,7 +97,10 @@ def _decode_map(text: object, width: int, height: int) -> np.ndarray | None:
         data = base64.b64decode(str(text), validate=True)
     except (binascii.Error, ValueError) as err:
         raise ValueError(f"variability is not base64: {err}") from err
-    small = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    try:
+        small = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:  # OpenCV asserts on some inputs (no bytes at all) instead of failing
+        small = None
     if small is None:
         raise ValueError("variability is not a PNG image")
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
