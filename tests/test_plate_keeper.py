@@ -218,6 +218,7 @@ def test_capture_now_takes_the_next_frames_even_with_motion() -> None:
     keeper = keeper_for(source, trace, PlateConfig(auto=False, capture_frames=5))
     drive(keeper, source, trace, range(10))
     assert keeper.state is PlateState.NONE and trace.kinds == []
+    assert "manual capture" in keeper.status()["waiting_for"]
     keeper.capture_now()
     drive(keeper, source, trace, range(10, 100))  # a few seconds, whatever the scene does
     assert trace.kinds == ["plate.capturing", "plate.captured"]

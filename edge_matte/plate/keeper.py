@@ -497,6 +497,8 @@ class PlateKeeper:
             return None
         if self.state is PlateState.READY:
             return "more evidence: the per-pixel plate keeps improving"
+        if self.state is not PlateState.CAPTURING and (self.frozen or not self._config.auto):
+            return "a manual capture (automatic capture is off or frozen)"
         if self._live is None and not (self._grid is not None and self._detector.motion_seen):
             return "the scene to change once (a still person must not become the plate)"
         known = (
