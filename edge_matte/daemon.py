@@ -317,6 +317,8 @@ class Daemon:
             "plate_frozen": plate.get("frozen"),
             "plate_usable": pipe.plate_health.usable,
             "person_present": pipe.presence.present,
+            "plate_known_fraction": plate.get("known_fraction"),
+            "plate_waiting_for": plate.get("waiting_for"),
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,
@@ -474,13 +476,12 @@ class Daemon:
         return {"background": name}
 
     def _view_state(self) -> dict[str, Any]:
-        """What the browser view shows beside `state`: rate, viewers, plate coverage."""
+        """What the browser view shows beside `state`: rate and viewers."""
         pipe = self.pipeline
         return {
             **self.state(),
             "fps": round(pipe.stats["output"].fps(), 1),
             "rtsp_clients": self._viewers(),
-            "plate_known_fraction": pipe.plate.status().get("known_fraction"),
         }
 
     def _status_line(self) -> str:

@@ -46,3 +46,21 @@ class SourceInfo:
     width: int
     height: int
     fps: float
+
+
+class PlateImage(np.ndarray):
+    """A plate (BGR uint8) carrying its per-pixel variability: how much each pixel moves when the
+    scene is empty (uint8 levels, HxW), or None. Engines that can use it read `variability`;
+    to every other consumer it is the plain image. Arrays derived from it (crops, copies) do not
+    carry the map, so a map always has the size of the image that holds it."""
+
+    variability: np.ndarray | None
+
+    @classmethod
+    def of(cls, image: np.ndarray, variability: np.ndarray | None) -> PlateImage:
+        plate = image.view(cls)
+        plate.variability = variability
+        return plate
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.variability = None

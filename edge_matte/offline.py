@@ -267,6 +267,8 @@ def _video_frames(path: Path) -> int:
 
 # -- edge-matte plate build ----------------------------------------------------------------------
 
+EXIT_PARTIAL_PLATE = 3  # the plate was written, but less of it is known than a live install needs
+
 
 def add_plate_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -298,6 +300,7 @@ class _Counted:
 def plate_build_command(args: argparse.Namespace) -> int:
     from . import atomic
     from .plate import build_plate
+    from .plate.maker import READY_KNOWN
 
     source = UnpacedFile(args.input)
     total = _video_frames(args.input) if is_video(args.input) else 0
@@ -318,4 +321,12 @@ def plate_build_command(args: argparse.Namespace) -> int:
     )
     if status.get("note"):
         print(f"note: {status['note']}")
+    if known < READY_KNOWN:
+        print(
+            f"edge-matte: warning: only {known * 100:.1f}% of the background is known "
+            f"(the daemon installs a plate from {READY_KNOWN * 100:.0f}%): the rest is a guess, "
+            "so record longer or while the room is emptier",
+            file=sys.stderr,
+        )
+        return EXIT_PARTIAL_PLATE
     return 0

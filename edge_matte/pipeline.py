@@ -76,7 +76,13 @@ class Pipeline:
         self.size = (src.width, src.height)
         self.source = ResilientSource(lambda: open_source(src), src, emit)
         self.plate = PlateKeeper(
-            config.plate, config.resolved_plate_path(), src.uri, emit, profile, fps=src.fps
+            config.plate,
+            config.resolved_plate_path(),
+            src.uri,
+            emit,
+            profile,
+            fps=src.fps,
+            estimates="background",  # the per-pixel estimate (~1 s) never stalls the frame loop
         )
         self.engine = on_passing_thread(lambda: EngineChain(config.matting, emit, profile))
         self.compositor = _compositor(config, emit)

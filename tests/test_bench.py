@@ -64,7 +64,10 @@ def test_report_has_every_row_kind(run):
         "active frame, baseline (+ matte + composite)",
         "active frame, fast + region",
     ]
-    assert len(names(run, "stage")) == 3
+    assert len(names(run, "stage")) == 5
+    builder = next(row for row in run.rows if row["row"] == "stage plate builder add")
+    assert builder["builder_mb"] > 0 and builder["estimate_ms"] > 0  # memory and estimate cost
+    assert "stage MOG2 apply (builder baseline)" in names(run, "stage")
     engine = "torch-cuda" if torch.cuda.is_available() else "torch-cpu+fast"
     assert names(run, "pipeline") == [f"pipeline {engine}+region"]
     assert set(run.report["skipped_backends"]) == set(BACKENDS) - set(available())

@@ -174,3 +174,54 @@ def test_clear_deletes_the_saved_plate(saved: Path) -> None:
     plate_keeper.clear()
     assert not saved.exists() and not store.sidecar(saved).exists()
     assert not keeper(saved, []).restore(WIDTH, HEIGHT)
+
+
+def test_variability_map_is_saved_with_the_plate_and_restored(tmp_path: Path) -> None:
+    path = tmp_path / "plate.png"
+    variability = np.zeros((HEIGHT, WIDTH), np.uint8)
+    variability[40:80, 100:140] = 37  # a swaying branch
+    store.PlateFile(path, URI, None).save(room(), "per-pixel", 0.97, 1.0, variability)
+    image, meta = store.load(path)
+    assert np.array_equal(image, room()) and np.array_equal(meta.variability, variability)
+    restarted = keeper(path, [])
+    assert restarted.restore(WIDTH, HEIGHT)
+    assert np.array_equal(restarted.plate.variability, variability)  # what the engine reads
+
+
+def test_large_variability_maps_are_pooled_so_nothing_moving_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "plate.png"
+    image = np.zeros((720, 1280, 3), np.uint8)
+    variability = np.zeros((720, 1280), np.uint8)
+    variability[100, 200] = 50  # one pixel that moves
+    store.save(
+        path, image, store.PlateMeta(1.0, URI, 1280, 720, None, "per-pixel", 0.9, variability)
+    )
+    record = json.loads(store.sidecar(path).read_text())
+    assert len(record["variability"]) < 4000  # small enough for the JSON record
+    restored = store.load(path)[1].variability
+    assert restored.shape == (720, 1280) and restored[100, 200] == 50
+
+
+def test_a_plate_saved_before_variability_maps_still_loads(saved: Path) -> None:
+    record = json.loads(store.sidecar(saved).read_text())
+    del record["variability"]  # what earlier versions wrote
+    store.sidecar(saved).write_text(json.dumps(record))
+    image, meta = store.load(saved)
+    assert np.array_equal(image, room()) and meta.variability is None
+
+
+def test_a_damaged_variability_map_is_refused(saved: Path) -> None:
+    record = json.loads(store.sidecar(saved).read_text())
+    record["variability"] = "not base64!"
+    store.sidecar(saved).write_text(json.dumps(record))
+    with pytest.raises(MediaError, match="variability"):
+        store.load(saved)
+
+
+@pytest.mark.parametrize("value", ["", "AAAA", 5, True, ["x"]])
+def test_a_variability_map_that_is_not_an_image_is_refused(saved: Path, value: object) -> None:
+    record = json.loads(store.sidecar(saved).read_text())
+    record["variability"] = value
+    store.sidecar(saved).write_text(json.dumps(record))
+    with pytest.raises(MediaError, match="variability"):
+        store.load(saved)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..capture.synthetic import SceneScript, SyntheticSource
@@ -24,6 +25,9 @@ from ..errors import EdgeMatteError
 from ..events import log_only
 from ..frames import Frame, Matte
 from ..plate import PlateKeeper
+from ..plate.detect import NoiseModel
+from ..plate.estimator import BackgroundEstimator
+from ..plate.grid import Grid
 from .measure import Spec
 from .scenes import Scene, coverage_scene
 
@@ -112,4 +116,32 @@ def _stage_specs(scene: Scene, compositor: Compositor) -> list[Spec]:
         Spec("stage test:// render", "stage", lambda: source.frame_at(next(indices))),
         Spec("stage plate upkeep", "stage", lambda: keeper.observe(frames(), matte)),
         Spec("stage composite replace", "stage", lambda: compositor.composite(scene.image, matte)),
+        *_builder_specs(scene),
+    ]
+
+
+def _builder_specs(scene: Scene) -> list[Spec]:
+    """The per-pixel plate builder's cost per frame, next to OpenCV MOG2's apply on the same
+    frames (the subject in view, then not); its memory once full and one estimate, in notes."""
+    height, width = scene.alpha.shape
+    grid = Grid(width, height)
+    estimator = BackgroundEstimator(grid, 30.0, NoiseModel(grid))
+    views = [(image, grid.shrink(image)) for image in (scene.image, scene.plate)]
+    moving = (grid.shrink(scene.alpha) > 0.02).astype(np.uint8)
+    turns = itertools.cycle(views)
+    while estimator.samples < estimator.capacity:  # full: the memory it holds from now on
+        estimator.add(*next(turns), moving)
+    started = time.perf_counter()
+    estimator.estimate()
+    notes = {
+        "builder_mb": round(estimator.nbytes / 2**20, 1),
+        "samples_kept": estimator.capacity,
+        "estimate_ms": round((time.perf_counter() - started) * 1000.0, 1),
+    }
+    mog2 = cv2.createBackgroundSubtractorMOG2()
+    return [
+        Spec(
+            "stage plate builder add", "stage", lambda: estimator.add(*next(turns), moving), notes
+        ),
+        Spec("stage MOG2 apply (builder baseline)", "stage", lambda: mog2.apply(next(turns)[0])),
     ]

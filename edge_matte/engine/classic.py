@@ -10,7 +10,9 @@ steps, each there for a reason:
 2. Distance in a luma/chroma space, luma weighted down: soft shadows and local light changes
    move brightness more than colour.
 3. A noise floor (config, else calibration profile, else estimated from the low quantiles of
-   the distance) and a soft ramp above it.
+   the distance) and a soft ramp above it. Where the plate carries a variability map (pixels
+   that move by themselves when the room is empty: leaves, a screen; see `plate.estimator`),
+   the floor there is raised to how much they move, so they stay background.
 4. Morphology, hole filling and small-blob removal on the confident mask: sensor speckle and
    subject colours that happen to match the room are the classic failures of plate difference.
 5. Along the mask boundary, alpha from the known background (the projection of frame - plate
@@ -44,6 +46,11 @@ _MIN_FLOOR = 2.0  # levels; a lower floor would chase quantisation and compressi
 _MIN_SPILL_ALPHA = 0.3  # below this, (I - (1-a) B) / a amplifies noise: use the propagated colour
 _HOLE_AREA = 0.01  # enclosed holes smaller than this fraction of the frame are always filled
 _HOLE_EVIDENCE = 0.1  # larger holes are filled when their mean raw alpha shows something is there
+_VARIABILITY_WEIGHT = 1.0  # floor where the background moves: this times its variability (levels)
+_VARIABILITY_OVER_FLOOR = 2.0  # variability under this times the floor is noise, not motion
+_VARIABILITY_SPREAD = (
+    2  # working pixels: a swaying branch reaches a little beyond where it was seen
+)
 
 # An orthonormal basis of BGR: the grey axis (weighted down) and two chroma axes, so sensor noise
 # stays isotropic in the chroma plane and the distance is in 8-bit levels.
@@ -255,7 +262,8 @@ class ClassicEngine:
         distance = _length(_box(diff_s, 1))
         floor = self._floor(distance, image.shape[0])
         self.last_gain, self.last_floor = gain, floor
-        raw = np.clip((distance - floor) / (self._config.softness * floor), 0, 1)
+        floors = _floor_map(floor, getattr(plate, "variability", None), distance.shape)
+        raw = np.clip((distance - floors) / (self._config.softness * floors), 0, 1)
         mask = self._clean(raw)
         band = max(2, self._config.guided_radius)
         small = _extent(mask, band + 2 * self._config.guided_radius + 2)
@@ -324,6 +332,19 @@ class ClassicEngine:
         else:
             alpha, lower, upper = cv2.split(window.upsample(cv2.merge([alpha_s, sure])))
         return np.clip(alpha, lower, upper)
+
+
+def _floor_map(
+    floor: float, variability: np.ndarray | None, shape: tuple[int, ...]
+) -> float | np.ndarray:
+    """The noise floor, raised per pixel where the plate's variability map says the background
+    moves by itself; the scalar floor when there is no map."""
+    if variability is None:
+        return floor
+    moving = cv2.resize(variability, shape[::-1], interpolation=cv2.INTER_AREA)
+    moving = cv2.dilate(moving, _ellipse(_VARIABILITY_SPREAD)).astype(np.float32)
+    moving[moving < _VARIABILITY_OVER_FLOOR * floor] = 0.0  # sensor noise: the floor has it
+    return np.maximum(np.float32(floor), _VARIABILITY_WEIGHT * moving)
 
 
 def _edge_alpha(

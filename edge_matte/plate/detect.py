@@ -3,7 +3,11 @@
 The main evidence is stillness: frame differencing on the coarse grid against the frame a few
 frames back (so slow movements register too, while a lighting ramp of a few percent per second
 stays under the threshold). Thresholds come from the calibrated noise when a profile exists,
-else from a live robust estimate (median absolute frame difference). OpenCV's HOG people
+else from a live robust estimate: the median absolute frame difference over the cells that
+changed at all. Compressed video repeats unchanged blocks, so most differences of an MPEG-4 or
+H.264 stream are exactly 0 (62 % on `vtest.avi`) and a plain median collapses to the floor
+while the noise is ~1 level on the grid (~1.8 at full resolution); a camera that repeats
+nothing has (almost) no exact zeros, so leaving them out changes nothing there. OpenCV's HOG people
 detector is an optional veto, run only at the moment a capture would start.
 """
 
@@ -24,6 +28,17 @@ _QUANTISATION = 0.29  # std of rounding the shrunken image to integers
 _DEFAULT_SIGMA = 2.0  # full-resolution sensor noise assumed until measured
 _MOVING_FRACTION = 0.0005  # cells that must change for a frame to count as motion
 _ESTIMATE_EVERY = 8  # frames between live noise estimates
+_REPEATED = (
+    1e-3  # a grid-luma difference below this is a codec's repeated block, not a noise sample
+)
+_MIN_NOISE_SAMPLES = 64  # fewer changed cells than this (a static clip) leave the estimate alone
+_MAD_TO_SIGMA = 1.4826  # median absolute deviation of a Gaussian -> its standard deviation
+_NOISE_MEMORY = 0.1  # each estimate moves the running one by this share
+_MIN_SIGMA, _MAX_SIGMA = 0.3, 20.0  # grid-luma noise bounds (levels)
+_MOTION_SIGMAS = 5.0  # motion: a frame difference beyond 5 sigma of the difference of two frames
+_MIN_MOTION = 3.0  # levels; never lower, whatever the noise estimate
+_PLATE_SIGMAS, _MIN_PLATE = 6.0, 4.0  # a cell differs from the plate beyond 6 sigma, >= 4 levels
+_EMPTY_SIGMAS, _MIN_EMPTY = 2.5, 1.5  # mean frame-to-plate difference of a scene that matches
 _VETO_WIDTH = 640  # HOG runs on the frame scaled to at most this width
 _VETO_WEIGHT = 0.5  # HOG detections weaker than this are ignored
 
@@ -41,27 +56,35 @@ class NoiseModel:
     def observe(self, frame_difference: np.ndarray) -> None:
         """Refine the estimate from a frame-to-frame luma difference (skipped with a profile).
 
-        The median is the noise even while someone moves, as long as they cover under half the frame.
+        The median of the changed cells is the noise even while someone moves, as long as they
+        cover under half of them; exact zeros (blocks the codec repeated) are no evidence.
         """
         if self._fixed:
             return
-        estimate = 1.4826 * float(np.median(frame_difference[::2, ::2])) / math.sqrt(2.0)
-        self.sigma = min(max(0.9 * self.sigma + 0.1 * estimate, 0.3), 20.0)
+        sample = frame_difference[::2, ::2]
+        changed = sample[sample > _REPEATED]
+        if changed.size < _MIN_NOISE_SAMPLES:
+            return
+        estimate = _MAD_TO_SIGMA * float(np.median(changed)) / math.sqrt(2.0)
+        blended = (1.0 - _NOISE_MEMORY) * self.sigma + _NOISE_MEMORY * estimate
+        self.sigma = min(max(blended, _MIN_SIGMA), _MAX_SIGMA)
 
     @property
     def motion_threshold(self) -> float:
         """Luma change between two frames that counts as motion in a cell."""
-        return max(3.0, 5.0 * math.sqrt(2.0) * self.sigma)
+        return max(_MIN_MOTION, _MOTION_SIGMAS * math.sqrt(2.0) * self.sigma)
 
     @property
     def plate_threshold(self) -> float:
         """Colour difference to the plate that counts as a changed cell."""
-        return max(4.0, 6.0 * self.sigma)
+        return max(_MIN_PLATE, _PLATE_SIGMAS * self.sigma)
 
     @property
     def empty_difference(self) -> float:
         """Mean frame-to-plate difference under which the scene matches the plate."""
-        return self._empty if self._empty is not None else max(1.5, 2.5 * self.sigma)
+        if self._empty is not None:
+            return self._empty
+        return max(_MIN_EMPTY, _EMPTY_SIGMAS * self.sigma)
 
 
 class StillnessDetector:

@@ -15,9 +15,12 @@ When is the scene empty (so a capture may start)?
   * Optionally (`person_veto`) OpenCV's HOG detector finds nobody in the frame.
 
 Making a plate: the temporal median of `capture_frames` frames once the scene is empty (aborted
-if motion returns, unless the capture was requested by hand). While no plate exists, a per-pixel
-builder runs in parallel for scenes that are never empty; it becomes the plate when 98% of the
-frame is known, the rest inpainted.
+if motion returns); a capture requested by hand takes the median of the still samples of a few
+seconds. While no plate exists, a per-pixel estimator (`estimator`) runs in parallel for scenes
+that are never empty; its plate is installed once `maker.READY_KNOWN` of the frame is known (the
+rest from the median of all samples), and it keeps learning afterwards: every few seconds a
+better estimate replaces the plate ("plate.improved") until another method replaces it.
+`status()` says how much is known and what the keeper waits for.
 
 Keeping it: every frame the per-channel gain is re-measured on background cells (a +-30%
 light ramp keeps the plate right); every few frames background pixels (alpha ~ 0, not moving,
@@ -50,20 +53,19 @@ from ..frames import Frame, Matte
 from ..profile import Profile
 from . import store
 from .align import Shift
-from .build import PixelBuilder
 from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
+from .estimator import BackgroundEstimator
 from .grid import Grid, grey
 from .live import LivePlate
-from .maker import PlateMaker
+from .maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
 from .upkeep import Upkeep, View, compare
 
 _LOG = logging.getLogger(__name__)
 _EMPTY_COVERAGE = 0.002  # matte coverage under which nobody is in view
 _EMPTY_CHANGED = 0.002  # fraction of cells differing from the plate under which it matches
 _IDLE_CHANGED = 0.001
-_BUILD_MIN_S = 2.0  # per-pixel: evidence needed per cell (at least twice the stillness time)
-_BUILD_QUIET_S = 0.5  # per-pixel: nothing may have moved nearby for this long before a frame counts
 _STALE_S = 0.5
+_IMPROVED_SAVE_S = 60.0  # an improving plate is saved at most this often (flash wear)
 _TIMING_WINDOW = 300
 
 
@@ -91,8 +93,11 @@ class PlateKeeper:
         emit: Emit,
         profile: Profile | None = None,
         fps: float = 30.0,
+        estimates: Estimates = "inline",
     ) -> None:
+        """`estimates`: when the per-pixel estimator is evaluated (see `maker.Evaluator`)."""
         self._config = config
+        self._estimates = estimates
         self._file = (
             None
             if path is None
@@ -109,9 +114,11 @@ class PlateKeeper:
         self._grid: Grid | None = None
         self._live: LivePlate | None = None
         self._maker: PlateMaker | None = None  # while capturing
+        self._improving: Evaluator | None = None  # a per-pixel plate still learning
         self._view_cache: View | None = None
         self._frames = 0
         self._stale_frames = 0
+        self._saved_at = -float("inf")  # time.monotonic() of the last save
 
     # -- what the pipeline reads ------------------------------------------------------------------
 
@@ -153,6 +160,8 @@ class PlateKeeper:
             if self._live is not None:
                 self._keep(frame, view, alpha)
             self._step(frame, view, alpha, moving)
+            if self._improving is not None and self._live is not None and not self.frozen:
+                self._improve(frame, view)
             self._frames += 1
             self._timings.append(time.perf_counter() - started + view.cost_s)
 
@@ -228,6 +237,8 @@ class PlateKeeper:
             self._start_capturing(f"{reason}: waiting for an empty scene")
         elif self.state is PlateState.READY and automatic:
             self._watch_drift()
+            if self._improving is not None and self._empty(frame, view, alpha):
+                self._start_capturing("scene empty: a median replaces the per-pixel plate")
         elif self.state is PlateState.STALE:
             self._watch_stale(frame, view, alpha, automatic)
         if self.state is PlateState.CAPTURING:
@@ -260,8 +271,26 @@ class PlateKeeper:
         elif automatic and self._empty(frame, view, alpha):
             self._start_capturing("plate stale and scene empty: recapturing")
 
+    def _improve(self, frame: Frame, view: View) -> None:
+        """Feed the per-pixel estimator behind the installed plate; install what it learns."""
+        self._improving.estimator.add(frame.image, view.small, self._detector.moving)
+        estimate = self._improving.poll()
+        if estimate is not None and estimate.known_fraction >= min(
+            READY_KNOWN, self._live.known_fraction
+        ):
+            new = NewPlate(
+                estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability
+            )
+            how = f"{estimate.known_fraction * 100:.1f}% known from {estimate.samples} samples"
+            improving = self._improving
+            self._install(new, f"per-pixel plate improved: {how}", "plate.improved")
+            self._improving = improving
+
+    def _new_maker(self) -> PlateMaker:
+        return PlateMaker(self._config.capture_frames, self._fps, self._estimates)
+
     def _start_capturing(self, reason: str) -> None:
-        self._maker = self._maker or PlateMaker(self._config.capture_frames)
+        self._maker = self._maker or self._new_maker()
         self._change(PlateState.CAPTURING, "plate.capturing", reason)
 
     def _stillness_frames(self) -> int:
@@ -285,9 +314,9 @@ class PlateKeeper:
     def _capture(
         self, frame: Frame, view: View, alpha: np.ndarray | None, motion: bool, automatic: bool
     ) -> None:
-        maker = self._maker = self._maker or PlateMaker(self._config.capture_frames)
+        maker = self._maker = self._maker or self._new_maker()
         if self._live is None and self._detector.motion_seen and maker.building is None:
-            maker.build(self._new_builder())
+            maker.build(self._new_estimator())
         new = maker.step(
             frame.image,
             view.small,
@@ -297,37 +326,38 @@ class PlateKeeper:
             lambda: self._empty(frame, view, alpha),
         )
         if new is not None:
-            live = LivePlate(new.image, self._grid, new.method, new.known_fraction)
-            self._install(live, new.how)
+            improving = maker.building if new.method == "per-pixel" else None
+            self._install(new, None)
+            self._improving = improving
 
-    def _new_builder(self) -> PixelBuilder:
-        return PixelBuilder(
-            self._grid,
-            min_frames=max(2 * self._stillness_frames(), round(_BUILD_MIN_S * self._fps)),
-            match_threshold=self._noise.plate_threshold,
-            quiet_frames=round(_BUILD_QUIET_S * self._fps),
-        )
+    def _new_estimator(self) -> BackgroundEstimator:
+        return BackgroundEstimator(self._grid, self._fps, self._noise)
 
-    def _install(self, live: LivePlate, how: str) -> None:
+    def _install(self, new: NewPlate, message: str | None, kind: str | None = None) -> None:
         replaced = self._live is not None
+        live = LivePlate(new.image, self._grid, new.method, new.known_fraction)
+        live.variability = new.variability
         self._live = live
         self._maker = None
+        self._improving = None
         self._stale_frames = 0
         self._view_cache = None
         self._upkeep.reset()
-        kind = "plate.refreshed" if replaced else "plate.captured"
+        kind = kind or ("plate.refreshed" if replaced else "plate.captured")
         self._change(
             PlateState.READY,
             kind,
-            f"plate {'refreshed' if replaced else 'captured'}: {how}",
+            message or f"plate {'refreshed' if replaced else 'captured'}: {new.how}",
             method=live.method,
             known_fraction=live.known_fraction,
         )
-        self._save()
+        if kind != "plate.improved" or time.monotonic() - self._saved_at >= _IMPROVED_SAVE_S:
+            self._save()
 
     def _drop_plate(self) -> None:
         self._live = None
         self._maker = None
+        self._improving = None
         self._view_cache = None
         if self._grid is not None:
             self._upkeep.reset()
@@ -342,8 +372,11 @@ class PlateKeeper:
         if self._file is None or self._live is None:
             return
         live = self._live
+        self._saved_at = time.monotonic()
         try:
-            self._file.save(live.image(), live.method, live.known_fraction, live.created)
+            self._file.save(
+                live.image(), live.method, live.known_fraction, live.created, live.variability
+            )
         except (StorageError, MediaError) as err:
             _LOG.warning("plate not saved: %s", err)
             self._emit(
@@ -357,8 +390,8 @@ class PlateKeeper:
     def capture_now(self) -> None:
         """Capture the next `capture_frames` frames as the plate, without waiting for stillness."""
         with self._lock:
-            self._maker = self._maker or PlateMaker(self._config.capture_frames)
-            self._maker.request()
+            self._maker = self._maker or self._new_maker()
+            self._maker.request(self._new_estimator)
             self._change(PlateState.CAPTURING, "plate.capturing", "manual capture requested")
 
     def freeze(self) -> None:
@@ -426,6 +459,7 @@ class PlateKeeper:
             self._live = LivePlate(
                 image, self._grid, meta.method, meta.known_fraction, meta.created
             )
+            self._live.variability = meta.variability
             age = time.time() - meta.created
             message = f"restored saved plate ({meta.method}, {age:.0f} s old)"
             self._change(PlateState.READY, "plate.loaded", message, method=meta.method)
@@ -437,7 +471,8 @@ class PlateKeeper:
         """State and quality figures for telemetry and the control API."""
         with self._lock:
             live, view = self._live, self._view_cache
-            building = None if self._maker is None else self._maker.building
+            building = self._improving or (None if self._maker is None else self._maker.building)
+            latest = None if building is None else building.latest
             difference = None if view is None or live is None else round(view.mean_difference, 2)
             return {
                 "state": self.state.value,
@@ -450,9 +485,26 @@ class PlateKeeper:
                 "shift": None if live is None else [round(v, 2) for v in live.shift],
                 "gain": None if live is None else [round(float(g), 4) for g in live.gain],
                 "building_known_fraction": None
-                if building is None
-                else round(building.known_fraction, 4),
+                if latest is None
+                else round(latest.known_fraction, 4),
+                "ready_known_fraction": READY_KNOWN,
+                "waiting_for": self._waiting_for(latest),
             }
+
+    def _waiting_for(self, latest: object) -> str | None:
+        """What the keeper needs before it can install (or keep improving) a plate, in words."""
+        if self.state is PlateState.READY and self._improving is None:
+            return None
+        if self.state is PlateState.READY:
+            return "more evidence: the per-pixel plate keeps improving"
+        if self.state is not PlateState.CAPTURING and (self.frozen or not self._config.auto):
+            return "a manual capture (automatic capture is off or frozen)"
+        if self._live is None and not (self._grid is not None and self._detector.motion_seen):
+            return "the scene to change once (a still person must not become the plate)"
+        known = (
+            "nothing estimated yet" if latest is None else f"{latest.known_fraction * 100:.1f}% now"
+        )
+        return f"an empty scene, or {READY_KNOWN * 100:.0f}% of the background seen still ({known})"
 
     def stats(self) -> dict[str, float]:
         """Plate maintenance cost per frame over the last few hundred frames."""
@@ -466,10 +518,15 @@ class PlateKeeper:
                 "frames": len(samples),
             }
 
-    def partial_plate(self) -> tuple[np.ndarray, float] | None:
-        """The per-pixel plate built so far and its known fraction (offline use); None if none."""
+    def partial_plate(self) -> NewPlate | None:
+        """The per-pixel plate from all the evidence so far (offline use); None if none."""
         with self._lock:
-            building = None if self._maker is None else self._maker.building
-            if building is None or building.known_fraction == 0.0:
+            building = self._improving or (None if self._maker is None else self._maker.building)
+            if building is None or building.estimator.samples == 0:
                 return None
-            return building.plate()
+            estimate = building.estimator.estimate()
+            if estimate.known_fraction == 0.0:
+                return None
+            return NewPlate(
+                estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability
+            )

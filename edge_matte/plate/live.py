@@ -12,6 +12,7 @@ import time
 import cv2
 import numpy as np
 
+from ..frames import PlateImage
 from .align import translate, uncovered
 from .drift import blend, gain_cells
 from .grid import Grid, grey
@@ -48,6 +49,8 @@ class LivePlate:
         self.base_gain = np.ones(3, np.float32)
         self.shift = (0.0, 0.0)
         self.unknown: np.ndarray | None = None  # uint8 mask of pixels with no real data yet
+        self.variability: np.ndarray | None = None  # uint8 per pixel: how much it moves when empty
+        self._variability_small: tuple[np.ndarray, np.ndarray] | None = None  # (map, grid copy)
         self._grid = grid
         self._base_u8: np.ndarray | None = _frozen(image.copy())
         self._image: np.ndarray | None = None
@@ -67,12 +70,26 @@ class LivePlate:
         """Per-channel factor from the base's light to the current light."""
         return self.gain / self.base_gain
 
+    def threshold(self, noise_threshold: float) -> float | np.ndarray:
+        """Per-cell colour difference to the plate that counts as a change: the noise threshold,
+        raised where the variability map says the background moves by itself (leaves, a screen),
+        so the emptiness test and the slow update see a swaying branch as the room."""
+        if self.variability is None:
+            return noise_threshold
+        if self._variability_small is None or self._variability_small[0] is not self.variability:
+            pooled = cv2.dilate(self.variability, np.ones((self._grid.factor,) * 2, np.uint8))
+            self._variability_small = (self.variability, self._grid.shrink(pooled))
+        return np.maximum(
+            np.float32(noise_threshold), self._variability_small[1].astype(np.float32)
+        )
+
     def set_gain(self, measured: np.ndarray) -> None:
         """Take a gain measured against `base_small` (see `drift.measure_gain`)."""
         self.gain = (self.base_gain * measured).astype(np.float32)
 
     def image(self) -> np.ndarray:
-        """The plate in the current light (read-only BGR uint8)."""
+        """The plate in the current light (read-only BGR uint8; a `PlateImage` with the
+        variability map when one was measured)."""
         key = tuple(int(v) for v in np.round(self._ratio() * _GAIN_STEPS))
         if self._image is None or key != self._image_key:
             if self._base_u8 is None:
@@ -83,6 +100,8 @@ class LivePlate:
                 matrix = np.diag(np.float32(key) / _GAIN_STEPS)
                 self._image = _frozen(cv2.transform(self._base_u8, matrix))
             self._image_key = key
+            if self.variability is not None:
+                self._image = _frozen(PlateImage.of(self._image, self.variability))
         return self._image
 
     def small(self) -> np.ndarray:
@@ -129,6 +148,8 @@ class LivePlate:
         if self.unknown is not None:
             exposed = cv2.bitwise_or(translate(self.unknown, dx, dy), exposed)
         self.unknown = exposed if cv2.countNonZero(exposed) else None
+        if self.variability is not None:
+            self.variability = translate(self.variability, dx, dy)
         self.shift = (self.shift[0] + dx, self.shift[1] + dy)
         self._refresh_small()
         self._changed()

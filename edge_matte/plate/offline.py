@@ -1,9 +1,11 @@
 """`build_plate`: the live plate logic run over a recording, for `edge-matte plate build`.
 
-Frames are fed to a `PlateKeeper` exactly as the daemon would (without a matte) until it has a
-plate. If the recording ends first: a partly built per-pixel plate is returned with the unknown
-part inpainted; a recording in which nothing ever moved is taken as the empty room (the installer
-chose the clip, so the live rule against a still person in front of a fresh camera is relaxed).
+Frames are fed to a `PlateKeeper` exactly as the daemon would (without a matte). A median plate
+(the scene was empty for a while) ends the build at once; otherwise the per-pixel estimator sees
+every frame up to `max_frames` (or the end of the recording) and the plate is its estimate from
+all of them, with the share of the frame it knows. A recording in which nothing ever moved is
+taken as the empty room (the installer chose the clip, so the live rule against a still person
+in front of a fresh camera is relaxed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..events import log_only
 from ..profile import Profile
 from .build import MedianCapture
 from .keeper import PlateKeeper
+from .maker import READY_KNOWN
 
 _LOG = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 10.0
@@ -31,14 +34,15 @@ def build_plate(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read up to `max_frames` frames and make a plate; return it with the keeper's status.
 
-    The status holds `method` ("median" or "per-pixel"), `known_fraction`, `frames` read and a
-    `note` on how the plate was made. Raise MediaError when the recording gives nothing usable.
+    The status holds `method` ("median" or "per-pixel"), `known_fraction`, `frames` read, a
+    `note` on how the plate was made and `variability` (the per-pixel map, or None). Raise
+    MediaError when the recording gives nothing usable.
     """
     info = source.info
-    keeper = PlateKeeper(config, None, info.uri, log_only, profile, fps=info.fps)
+    keeper = PlateKeeper(config, None, info.uri, log_only, profile, fps=info.fps, estimates="final")
     recent: deque[np.ndarray] = deque(maxlen=config.capture_frames)
     frames = 0
-    while frames < max_frames and keeper.plate is None:
+    while frames < max_frames and keeper.status()["method"] != "median":
         try:
             frame = source.read(_READ_TIMEOUT_S)
         except SourceEnded:
@@ -48,9 +52,9 @@ def build_plate(
         keeper.observe(frame, None)
     plate = keeper.plate
     status = keeper.status()
-    status["frames"] = frames
-    if plate is not None:
-        status["note"] = f"{status['method']} plate after {frames} frames"
+    status.update(frames=frames, variability=None)
+    if plate is not None and status["method"] == "median":
+        status["note"] = f"median plate after {frames} frames"
         return plate.copy(), status
     return _fallback(keeper, recent, status, frames)
 
@@ -75,11 +79,14 @@ def _fallback(
         raise MediaError(
             f"no part of the background could be seen still in {frames} frames; record longer"
         )
-    image, known = partial
+    known = partial.known_fraction
     status.update(
         method="per-pixel",
         known_fraction=round(known, 4),
-        note=f"recording ended with {known * 100:.1f}% of the background known; the rest is inpainted",
+        variability=partial.variability,
+        note=f"per-pixel plate from {frames} frames, {known * 100:.1f}% of the background known "
+        "(the rest is the median of all frames)",
     )
-    _LOG.warning("plate only %.1f%% known; the rest is inpainted", known * 100)
-    return image, status
+    if known < READY_KNOWN:
+        _LOG.warning("plate only %.1f%% known (< %.0f%%)", known * 100, READY_KNOWN * 100)
+    return partial.image, status

@@ -5,14 +5,22 @@ record of the PNG still on disk; then the PNG is replaced. A kill -9 between the
 old PNG beside the new JSON, whose "previous" still describes it, so the old plate loads with
 its own metadata: after any crash the pair is the old plate or the new one. A PNG that matches
 neither checksum is rejected, so a plate is never paired with another plate's metadata.
+
+The plate's variability map (how much each pixel moves when the room is empty, see
+`estimator`) travels inside the JSON record, as a small PNG (at most `_MAP_WIDTH` wide, max-pooled
+so a swaying branch is not averaged away) in base64: it is replaced in the same atomic write as
+the rest of the metadata and always belongs to the PNG the record describes. Records saved
+without one (before the map existed) load with `variability` None.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +34,7 @@ _LOG = logging.getLogger(__name__)
 
 _VERSION = 1
 _PNG_LEVEL = 1  # fast: a 720p plate encodes in tens of ms
+_MAP_WIDTH = 320  # the variability map is stored at most this wide (a few kB)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class PlateMeta:
     profile: str | None  # calibration profile name in use, if any
     method: str  # "median", "per-pixel" or "file"
     known_fraction: float
+    variability: np.ndarray | None = field(default=None, compare=False)  # uint8 HxW levels
 
 
 def sidecar(path: Path) -> Path:
@@ -52,15 +62,48 @@ def save(path: Path, image: np.ndarray, meta: PlateMeta) -> None:
     if not ok:
         raise MediaError(f"cannot encode the plate for {path} as PNG")
     data = png.tobytes()
+    fields = {key: value for key, value in asdict(meta).items() if key != "variability"}
     record = {
         "version": _VERSION,
-        **asdict(meta),
+        **fields,
+        "variability": _encode_map(meta.variability),
         "created_iso": datetime.fromtimestamp(meta.created, timezone.utc).isoformat(),
         "sha256": hashlib.sha256(data).hexdigest(),
         "previous": _record_on_disk(Path(path)),
     }
     atomic.write_text(sidecar(path), json.dumps(record, indent=2) + "\n")
     atomic.write_bytes(path, data)
+
+
+def _encode_map(variability: np.ndarray | None) -> str | None:
+    """The variability map as base64 PNG text, max-pooled down to at most `_MAP_WIDTH` wide."""
+    if variability is None:
+        return None
+    factor = max(1, -(-variability.shape[1] // _MAP_WIDTH))
+    if factor > 1:
+        pooled = cv2.dilate(variability, np.ones((factor, factor), np.uint8))
+        variability = np.ascontiguousarray(pooled[::factor, ::factor])
+    ok, png = cv2.imencode(".png", variability, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise MediaError("cannot encode the variability map as PNG")
+    return base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def _decode_map(text: object, width: int, height: int) -> np.ndarray | None:
+    """The stored variability map at the plate's size; None when the record has none."""
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"variability is not base64: {err}") from err
+    try:
+        small = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error:  # OpenCV asserts on some inputs (no bytes at all) instead of failing
+        small = None
+    if small is None:
+        raise ValueError("variability is not a PNG image")
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
 def _record_on_disk(path: Path) -> dict | None:
@@ -109,14 +152,16 @@ def _meta(record: object, path: Path) -> PlateMeta:
     if not isinstance(record, dict) or record.get("version") != _VERSION:
         raise MediaError(f"{sidecar(path)}: not plate metadata version {_VERSION}")
     try:
+        width, height = int(record["width"]), int(record["height"])
         return PlateMeta(
             created=float(record["created"]),
             source_uri=str(record["source_uri"]),
-            width=int(record["width"]),
-            height=int(record["height"]),
+            width=width,
+            height=height,
             profile=None if record["profile"] is None else str(record["profile"]),
             method=str(record["method"]),
             known_fraction=float(record["known_fraction"]),
+            variability=_decode_map(record.get("variability"), width, height),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise MediaError(
@@ -143,11 +188,25 @@ class PlateFile:
         self._source_uri = source_uri
         self._profile = profile
 
-    def save(self, image: np.ndarray, method: str, known_fraction: float, created: float) -> None:
+    def save(
+        self,
+        image: np.ndarray,
+        method: str,
+        known_fraction: float,
+        created: float,
+        variability: np.ndarray | None = None,
+    ) -> None:
         """Save atomically; StorageError or MediaError (old files intact) on failure."""
         height, width = image.shape[:2]
         meta = PlateMeta(
-            created, self._source_uri, width, height, self._profile, method, known_fraction
+            created,
+            self._source_uri,
+            width,
+            height,
+            self._profile,
+            method,
+            known_fraction,
+            variability,
         )
         save(self.path, image, meta)
 

@@ -52,7 +52,7 @@ def compare(view: View, live: LivePlate | None, noise: NoiseModel) -> None:
         view.difference, view.changed = None, 1.0
         return
     view.difference = colour_difference(view.small, live.small())
-    view.changed = float(np.mean(view.difference > noise.plate_threshold))
+    view.changed = float(np.mean(view.difference > live.threshold(noise.plate_threshold)))
 
 
 def clear_cells(alpha: np.ndarray) -> np.ndarray:
@@ -107,7 +107,8 @@ class Upkeep:
             if moved is not None or self._pending is not None:
                 return moved  # no slow update while the frame may not line up with the plate
         if not frozen and self._config.update_rate > 0 and self._frames % _UPDATE_EVERY == 0:
-            unchanged = (view.difference <= self._noise.plate_threshold).astype(np.uint8)
+            threshold = live.threshold(self._noise.plate_threshold)
+            unchanged = (view.difference <= threshold).astype(np.uint8)
             rate = rate_for(self._config.update_rate, _UPDATE_EVERY)
             live.update(frame.image, view.small, background & unchanged, background, rate)
         return None

@@ -1,0 +1,301 @@
+"""Background from a scene that is never empty: per pixel, the median of the samples where it was still.
+
+Ideas taken from the scene-background-initialisation work (LaBGen's "median of the frames where a
+pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model that keeps learning):
+
+* **Motion per pixel.** A sample counts for a pixel unless the grid cell under it (2-6 px wide)
+  or a neighbouring cell moved within the last `_HOLD_S` (frame difference beyond the noise, see
+  `detect`). Nothing is voided far from where something moved, so a street that always has
+  someone in it still gives evidence almost everywhere.
+* **Samples spread over the whole history, in bounded memory.** Up to `capacity` frames are kept
+  (`_MEMORY_BYTES` whatever the frame size: 56 at 576p, 27 at 720p, 12 at 1080p); when full,
+  every other one is dropped and the sampling stride doubles, so the kept samples always span
+  everything seen so far. A person who stands for a while covers a few samples, not most.
+* **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
+  estimate (median ratio over still cells) and the plate is given in the median light of the
+  samples, so a few bright seconds do not bias it.
+* **Exact order statistics, cheaply.** The per-pixel median (and the spread around it) over a
+  varying number of valid samples is found by a radix search on the bits of the uint8 values:
+  8 passes of counting, no sort.
+* **Confidence per pixel.** A pixel is known when it was still in at least `_MIN_STILL` samples
+  and a share `_MIN_STILL_SHARE` of them, and half of the older and half of the newer ones
+  each agree with the median within the noise (`_AGREE_SIGMAS`) (a person who stood for half the time leaves the pixel unknown, not wrong).
+* **Nothing is known before the scene has shown enough of itself.** Until motion has touched
+  `_MIN_REVEALED` of the frame, nothing tells a person who stays in view (and only sways) from
+  the room, so nothing is known: this keeps a person present from the first frame out of the
+  plate. A street or a lobby passes this within seconds (`vtest.avi`: 14 % after 4 s).
+* **Visitors are outlasted.** Someone who walks in and stands still is as still as the room; a
+  pixel is known only once the evidence spans `MIN_SPAN_S`, so a stay under half of it is
+  outvoted (a stay of minutes is not: see the README).
+* **Dynamic background.** A pixel that moved in more than `_DYNAMIC_SHARE` of the samples over a
+  long span is not a passer-by but something that moves by itself (leaves, a screen): all its
+  samples are evidence, it counts as known, and how much it moves is the **variability** (the `_SPREAD_QUANTILE`
+  quantile of the deviation from the median), stored with the plate and used by the keeper's
+  emptiness test and the classic engine's thresholds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+
+import cv2
+import numpy as np
+
+from .detect import NoiseModel
+from .drift import gain_cells, measure_gain
+from .grid import Grid
+
+_LOG = logging.getLogger(__name__)
+_MEMORY_BYTES = 72 * 2**20  # kept samples; with an estimate's working arrays < 150 MB at 1080p
+_MIN_CAPACITY, _MAX_CAPACITY = 8, 64  # samples kept (the count must fit the uint8 counters)
+_SAMPLE_HZ = 10.0  # at most this many samples a second: frames closer in time repeat evidence
+_HOLD_S = 0.2  # a pixel that moved this recently is not evidence yet
+_SPREAD_CELLS = 1  # motion also voids this many grid cells around (a moving edge blurs)
+_MIN_STILL = 4  # still samples a pixel needs to be known...
+_MIN_STILL_SHARE = 0.2  # ...and this share of the samples kept
+_QUIET_RADIUS = 0.08  # "quiet": nothing moved within this share of the frame width...
+_QUIET_S = 0.5  # ...for this long (a standing person sways; their middle is never quiet)
+_QUIET_SHARE = 0.2  # quiet samples can stand alone where they are at least this share
+MIN_SPAN_S = 10.0  # a still pixel is known only from evidence this long: visitors stay seconds
+_MIN_REVEALED = 0.1  # motion must have touched this share of the frame before anything is known
+_DYNAMIC_SHARE = 0.7  # moving in more than this share of the samples: it moves by itself
+_DYNAMIC_MIN_SAMPLES = 8  # ...judged only once this many samples are kept
+_AGREE_SIGMAS = (
+    4.0  # agreement: the largest of 3 channels' full-resolution noise stays under 4 sigma
+)
+_AVERAGED = 4  # the grid's noise is the full-resolution noise averaged over up to 4x4 pixels
+_DOMINANCE = 2 / 3  # share of a pixel's evidence that must agree with its median to know it
+_SPREAD_QUANTILE = 0.9  # variability: this quantile of the deviation from the median
+_GAIN_STEPS = 512  # gains closer to 1 than 1/512 are not applied
+_STRIP_ROWS = 32  # the median is found this many rows at a time
+
+
+def select(samples: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
+    """Element-wise, the `rank`-th smallest (0-based) of the uint8 `samples` (all the same shape).
+
+    A radix search: bit by bit from the top, keep a bit set while fewer than rank + 1 samples lie
+    below the candidate. Exact, 8 counting passes over the samples, no sort.
+    """
+    value = np.zeros_like(samples[0])
+    count = np.empty(samples[0].shape, np.uint8)
+    below = np.empty(samples[0].shape, bool)
+    for bit in (128, 64, 32, 16, 8, 4, 2, 1):
+        trial = value | np.uint8(bit)
+        count.fill(0)
+        for sample in samples:
+            np.less(sample, trial, out=below)
+            count += below
+        np.copyto(value, trial, where=count <= rank)
+    return value
+
+
+def _count(masks: list[np.ndarray]) -> np.ndarray:
+    """Per pixel, how many of the 0/1 uint8 masks are set (uint8: at most 64 masks)."""
+    total = np.zeros_like(masks[0])
+    for mask in masks:
+        cv2.add(total, mask, dst=total)
+    return total
+
+
+class Estimate:
+    """One evaluation of the kept samples: the plate and what is known about each pixel."""
+
+    def __init__(
+        self, plate: np.ndarray, known: np.ndarray, variability: np.ndarray, samples: int
+    ) -> None:
+        self.plate = plate  # BGR uint8, unknown pixels inpainted
+        self.known = known  # bool per pixel
+        self.variability = variability  # uint8 per pixel: how much it moves when empty (levels)
+        self.samples = samples
+
+    @property
+    def known_fraction(self) -> float:
+        return float(np.mean(self.known))
+
+
+class BackgroundEstimator:
+    """Keeps sub-sampled frames with their per-pixel stillness; estimates the plate on request."""
+
+    def __init__(self, grid: Grid, fps: float, noise: NoiseModel) -> None:
+        self._grid = grid
+        self._noise = noise
+        width, height = grid.full
+        self.capacity = int(
+            np.clip(_MEMORY_BYTES // (width * height * 3), _MIN_CAPACITY, _MAX_CAPACITY)
+        )
+        self._hold = max(1, round(_HOLD_S * fps))
+        self._stride = max(1, int(fps // _SAMPLE_HZ))
+        self._min_span = round(MIN_SPAN_S * fps)
+        self._kernel = np.ones((2 * _SPREAD_CELLS + 1,) * 2, np.uint8)
+        self._revealed = np.zeros(grid.size[::-1], bool)  # cells where something ever moved
+        self._last_moved = np.full(grid.size[::-1], -(10**6), np.int64)
+        self._last_near = self._last_moved.copy()
+        quiet = 2 * max(1, round(grid.size[0] * _QUIET_RADIUS)) + 1
+        self._quiet_kernel = np.ones((quiet, quiet), np.uint8)
+        self._quiet_frames = max(1, round(_QUIET_S * fps))
+        self._images: list[np.ndarray] = []
+        self._still: list[np.ndarray] = []  # uint8 grid masks, 1 = evidence
+        self._quiet: list[np.ndarray] = []  # uint8 grid masks, 1 = nothing moved near for a while
+        self._gains: list[np.ndarray] = []
+        self._reference: np.ndarray | None = None  # grid image the gains are measured against
+        self._frames = 0
+        self._lock = threading.Lock()  # `estimate` may run on a worker thread while frames come
+
+    @property
+    def samples(self) -> int:
+        return len(self._images)
+
+    @property
+    def frames(self) -> int:
+        return self._frames
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the kept samples and the per-cell state (bytes)."""
+        kept = self._images + self._still + self._quiet
+        return sum(a.nbytes for a in kept) + self._last_moved.nbytes * 2 + self._revealed.nbytes
+
+    def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
+        """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
+        when it was kept as a sample."""
+        with self._lock:
+            return self._add(image, small, moving)
+
+    def _add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
+        self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = self._frames
+        self._last_near[cv2.dilate(moving, self._quiet_kernel).astype(bool)] = self._frames
+        self._frames += 1
+        if (self._frames - 1) % self._stride:
+            return False
+        self._revealed |= moving.astype(bool)
+        still = (self._frames - 1 - self._last_moved >= self._hold).astype(np.uint8)
+        self._quiet.append(
+            (self._frames - 1 - self._last_near >= self._quiet_frames).astype(np.uint8)
+        )
+        gain = self._gain(small, still)
+        if np.any(np.abs(gain - 1.0) * _GAIN_STEPS >= 1.0):
+            image = cv2.transform(image, np.diag(1.0 / gain))
+        self._images.append(image.copy())
+        self._still.append(still)
+        self._gains.append(gain)
+        if len(self._images) > self.capacity:
+            self._thin()
+        return True
+
+    def _gain(self, small: np.ndarray, still: np.ndarray) -> np.ndarray:
+        """Per-channel light of this frame relative to the reference (1 when unmeasurable)."""
+        if self._reference is None:
+            self._reference = small.astype(np.float32)
+            return np.ones(3, np.float32)
+        usable = cv2.bitwise_and(still, gain_cells(self._reference))
+        gain = measure_gain(small, self._reference, usable)
+        return np.ones(3, np.float32) if gain is None else gain
+
+    def _thin(self) -> None:
+        """Drop every other sample and double the stride: the rest still spans the whole history."""
+        for kept in (self._images, self._still, self._quiet, self._gains):
+            kept[:] = kept[::2]
+        self._stride *= 2
+        _LOG.debug("plate evidence: stride now %d frames", self._stride)
+
+    def estimate(self) -> Estimate:
+        """The plate from the samples kept (see the module docstring); ValueError without samples.
+
+        Works on a snapshot (the sample arrays are never changed once kept), so frames can keep
+        coming meanwhile."""
+        with self._lock:
+            if not self._images:
+                raise ValueError("no frames seen")
+            snapshot = copy.copy(self)
+            for name in ("_images", "_still", "_quiet", "_gains"):
+                setattr(snapshot, name, list(getattr(self, name)))
+            snapshot._revealed = self._revealed.copy()
+        estimate = snapshot._estimate()
+        with self._lock:
+            self._reference = snapshot._reference
+        return estimate
+
+    def _estimate(self) -> Estimate:
+        count = len(self._images)
+        moving_share = 1.0 - _count(self._still) / count
+        dynamic = (count >= _DYNAMIC_MIN_SAMPLES) & (moving_share > _DYNAMIC_SHARE)
+        evidence, median = self._evidence(count, dynamic.astype(np.uint8))
+        valid = _count(evidence).astype(np.int32)
+        deviation = self._deviations(median, evidence)
+        agreeing = _count([(d <= self._agreement()).astype(np.uint8) for d in deviation])
+        spread_rank = np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32)
+        moves = self._grid.expand(dynamic.astype(np.uint8)).astype(bool)
+        long_enough = self._frames >= self._min_span
+        known = (
+            (float(np.mean(self._revealed)) >= _MIN_REVEALED)
+            & (valid >= max(_MIN_STILL, _MIN_STILL_SHARE * count))
+            & (((agreeing >= _DOMINANCE * valid) & long_enough) | moves)
+        )
+        unseen = valid == 0
+        if unseen.any():  # never still: the plain median of all samples is the best guess left
+            everything = [np.ones_like(mask) for mask in evidence]
+            np.copyto(median, self._median(everything), where=unseen[..., None])
+        self._reference = self._grid.shrink(median).astype(np.float32)
+        return Estimate(self._light(median), known, select(deviation, spread_rank), count)
+
+    def _evidence(self, count: int, dynamic: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per pixel, the samples that are evidence and their median.
+
+        Still samples by default; the quiet ones alone where there are enough of them and their
+        median differs (beyond the noise) from the still samples': someone stood there, still
+        but not quiet. Elsewhere the still samples are more, so less noisy.
+        """
+        still = [self._grid.expand(cv2.bitwise_or(mask, dynamic)) for mask in self._still]
+        median = self._median(still)
+        quiet = [self._grid.expand(cv2.bitwise_or(mask, dynamic)) for mask in self._quiet]
+        enough = _count(quiet) >= max(_MIN_STILL, _QUIET_SHARE * count)
+        if not enough.any():
+            return still, median
+        quiet_median = self._median(quiet)
+        differs = np.max(cv2.absdiff(quiet_median, median), axis=2) > self._agreement()
+        use_quiet = (enough & differs).astype(np.uint8)
+        np.copyto(median, quiet_median, where=use_quiet[..., None].astype(bool))
+        chosen = [
+            np.where(use_quiet, q, s).astype(np.uint8) for q, s in zip(quiet, still, strict=True)
+        ]
+        return chosen, median
+
+    def _agreement(self) -> float:
+        """Deviation (largest channel, full resolution) within which a sample agrees with the median."""
+        full_sigma = self._noise.sigma * min(self._grid.factor, _AVERAGED)
+        return max(self._noise.plate_threshold, _AGREE_SIGMAS * full_sigma)
+
+    def _median(self, evidence: list[np.ndarray]) -> np.ndarray:
+        """Per pixel and channel, the median of the samples that are evidence there (strip by
+        strip: the masked copies of a strip are small, the samples are never copied whole)."""
+        median = np.empty_like(self._images[0])
+        for top in range(0, median.shape[0], _STRIP_ROWS):
+            rows = slice(top, top + _STRIP_ROWS)
+            masks = [mask[rows] for mask in evidence]
+            strip = [
+                np.where(mask[..., None] > 0, image[rows], np.uint8(255))  # 255: never below
+                for image, mask in zip(self._images, masks, strict=True)
+            ]
+            rank = np.maximum(_count(masks).astype(np.int32) - 1, 0)[..., None]
+            low = select(strip, rank // 2).astype(np.uint16)
+            high = select(strip, (rank + 1) // 2).astype(np.uint16)
+            median[rows] = ((low + high + 1) // 2).astype(np.uint8)
+        return median
+
+    def _deviations(self, median: np.ndarray, evidence: list[np.ndarray]) -> list[np.ndarray]:
+        """Per sample, the largest channel deviation from the median (255 where not evidence)."""
+        deviations = []
+        for image, mask in zip(self._images, evidence, strict=True):
+            deviation = np.max(cv2.absdiff(image, median), axis=2)
+            deviation[mask == 0] = 255
+            deviations.append(deviation)
+        return deviations
+
+    def _light(self, median: np.ndarray) -> np.ndarray:
+        """The median plate in the median light of the samples."""
+        gain = np.median(np.stack(self._gains), axis=0)
+        if np.all(np.abs(gain - 1.0) * _GAIN_STEPS < 1.0):
+            return median
+        return cv2.transform(median, np.diag(gain))
