@@ -44,6 +44,7 @@ KINDS = (
     "plate.loaded",
     "plate.capturing",
     "plate.captured",
+    "plate.improved",
     "plate.refreshed",
     "plate.stale",
     "plate.misaligned",
