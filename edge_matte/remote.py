@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+from .capture.opener import uri_path
 from .config import Config, capped
 from .errors import ConfigError, MediaError
 from .media import resolve_asset
+from .redact import shorten
 
 # Dotted keys (a section name covers all its keys) a remote patch may change; nothing else.
 REMOTE_KEYS = (
@@ -109,7 +110,10 @@ def _check_camera(uri: str, media_dir: Path) -> None:
         return
     if uri.startswith("file://"):
         try:
-            resolve_asset(unquote(urlsplit(uri).path), media_dir)
+            path = uri_path(uri)
+            if not path.startswith("/"):  # the opener would read it from its working directory
+                raise MediaError(f"{shorten(repr(path), 100)} is not an absolute path (file:///...)")
+            resolve_asset(path, media_dir)
         except (MediaError, ValueError) as err:
             raise ConfigError(
                 f"source.uri: a file source must be in the media directory ({err})"

@@ -118,6 +118,11 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         f"file://{media}/../secret.mp4",
         f"file://{media}/" + "a" * 5000,
         "v4l2:///etc/passwd",
+        # A host part is where the opener's path begins: these name <cwd>/x/<media>/clip.mp4
+        # and /etc/<media>/clip.mp4, not the clip in the media directory.
+        f"file://x{media}/clip.mp4",
+        f"file://%2Fetc{media}/clip.mp4",
+        f"file://..{media}/clip.mp4",
     ):
         with pytest.raises(ConfigError, match="source.uri"):
             remote.refuse(old, patched(old, {"source": {"uri": uri}}))
