@@ -16,6 +16,7 @@ import socket
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -119,6 +120,12 @@ class SourceConfig(Section):
     def _scheme(cls, uri: str) -> str:
         if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", uri):
             raise ValueError("unsupported scheme: use csi://, v4l2://, file://, rtsp:// or test://")
+        if any(ord(char) < 32 or ord(char) == 127 for char in uri):
+            raise ValueError("contains a control character")  # it is logged and published
+        try:  # what the opener does with it: a malformed one fails there on every retry
+            urlsplit(uri).port  # noqa: B018 - parsed for its ValueError
+        except ValueError as err:
+            raise ValueError(f"is not a valid URI ({err})") from err
         return uri
 
     @model_validator(mode="after")

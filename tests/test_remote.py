@@ -145,6 +145,12 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         ({"compose": {"background": "b" * 4100}}, "compose.background"),
         ({"compose": {"background": "x\nsecond line"}}, "compose.background"),
         ({"compose": {"background": "c" * 300 + ".png"}}, "compose.background"),
+        # The opener's urlsplit fails on these on every retry, each with a traceback.
+        ({"source": {"uri": "rtsp://cam[1/live"}}, "source.uri"),
+        ({"source": {"uri": "rtsp://cam:99999/live"}}, "source.uri"),
+        # Terminal escapes and line breaks would reach every log line and message naming it.
+        ({"source": {"uri": "rtsp://cam\x1b[2J\x07/live"}}, "source.uri"),
+        ({"source": {"uri": "csi://0\n"}}, "source.uri"),
     ],
 )
 def test_values_run_would_refuse_are_schema_errors_naming_the_key(patch: dict, key: str) -> None:
