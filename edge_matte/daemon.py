@@ -399,7 +399,6 @@ class Daemon:
                 return
             if not trusted:
                 remote.refuse(old, new)
-                _confine_background(old, new)
             _remember_secrets(new)  # before anything logs the new settings
             live = _live(old, new, changed)
             profile = self._profile if live else preflight(new)  # ConfigError: nothing changed
@@ -509,17 +508,6 @@ def _live(old: Config, new: Config, changed: set[str]) -> bool:
         ):
             return False
     return True
-
-
-def _confine_background(old: Config, new: Config) -> None:
-    """MediaError unless a remotely changed background asset lies inside the media directory.
-
-    Checked here, not only by the live compositor update: a patch that also changes a section
-    needing a restart builds a new compositor, which trusts its config like the operator's file.
-    """
-    background = new.compose.background
-    if background != old.compose.background and not background.startswith("#"):
-        resolve_asset(background, new.resolved_media_dir())
 
 
 def _remember_secrets(config: Config) -> None:

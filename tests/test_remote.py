@@ -293,6 +293,27 @@ def test_overrides_of_device_only_keys_are_ignored(tmp_path: Path) -> None:
     assert loaded.effective.mqtt.host == "localhost" and loaded.dropped
 
 
+@pytest.mark.parametrize("key", ["source.uri", "compose.background"])
+def test_overrides_holding_what_no_remote_patch_could_set_are_dropped(
+    tmp_path: Path, key: str
+) -> None:
+    """Someone who can write the state directory cannot reach files outside the media
+    directory through the overrides file either: its values pass the remote checks."""
+    path = operator_file(tmp_path)
+    operator = config_mod.load(path)
+    outside = tmp_path / "outside.png"  # a real image and a file that exist, not in media
+    cv2.imwrite(str(outside), np.zeros((8, 8, 3), np.uint8))
+    value = {"source.uri": f"file://{outside}", "compose.background": str(outside)}[key]
+    saved = overrides.path_for(operator)
+    saved.parent.mkdir(parents=True)
+    entry = {"value": value, "file_value": remote.flatten(operator.model_dump(mode="json"))[key]}
+    saved.write_text(yaml.safe_dump({"version": 1, "overrides": {key: entry}}))
+    loaded = overrides.load(path, checks.problems)
+    assert loaded.effective == operator, loaded.effective
+    assert "outside the media directory" in loaded.dropped[0], loaded.dropped
+    assert checks.check_file(path) == []  # check-config agrees: the file alone runs
+
+
 def test_overrides_that_no_longer_validate_give_way_to_the_file(tmp_path: Path) -> None:
     path = operator_file(tmp_path)
     operator = config_mod.load(path)
