@@ -233,6 +233,7 @@ def test_check_config_and_run_exit_2_listing_all_problems(tmp_path: Path) -> Non
         "rtsp://admin:p@ssw0rd@cam.local:554/live",
         "rtsp://user:secret@host/stream",
         "rtsps://a:b:c@host",
+        "rtsp://user:p@ss:w/rd@cam.local:554/live",  # an unescaped "/" in the password
     ],
 )
 def test_masking_keeps_no_piece_of_the_password(uri: str) -> None:
@@ -240,6 +241,16 @@ def test_masking_keeps_no_piece_of_the_password(uri: str) -> None:
     assert password not in redact.mask_uri(uri)
     assert password not in redact.mask(f"opening {uri} failed")
     assert redact.mask_uri(uri).endswith(uri.rsplit("@", 1)[1])
+    pieces = [piece for piece in password.split("@") if len(piece) > 2]  # "p" is in "rtsp"
+    assert all(piece not in redact.mask(f"{uri} failed") for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["file:///media/me@home.mp4", "rtsp://cam/live@2?user=a@b", "test://?seed=2", "no uri@all"],
+)
+def test_masking_leaves_an_at_sign_outside_the_authority(text: str) -> None:
+    assert redact.mask_uri(text) == text and redact.mask(text) == text
 
 
 def test_config_json_masks_camera_credentials() -> None:
