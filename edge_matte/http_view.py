@@ -17,6 +17,7 @@ import json
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -94,6 +95,15 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, not socketserver's traceback on stderr (unmasked, unbounded, in the
+        journal): any client can reset a connection mid-answer, as often as it likes."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            _LOG.debug("HTTP: connection from %s failed: %s", client_address[0], error)
+        else:
+            _LOG.warning("HTTP: request from %s failed", client_address[0], exc_info=True)
 
 
 class HttpView:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -37,6 +39,9 @@ from daemon_tools import (
     write_config,
 )
 from rtsp_tools import CameraServer, free_port, wait_until
+
+from edge_matte.config import HttpConfig
+from edge_matte.http_view import HttpView
 
 WAIT_S = 30.0
 GREEN = "#00ff00"
@@ -313,6 +318,31 @@ def _answer(sock: socket.socket) -> bytes:
         return sock.recv(4096)
     except ConnectionResetError:
         return b""
+
+
+def test_clients_resetting_mid_request_leave_one_log_line_each_not_a_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """socketserver prints a traceback to stderr (the journal, unmasked) for every failed
+    connection: any client could fill the journal by resetting connections mid-request."""
+    view = HttpView(HttpConfig(enabled=True, port=free_port()), dict)
+    view.start()
+    caplog.set_level(logging.DEBUG, logger="edge_matte.http_view")
+    try:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", view.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(b"GET / HTTP/1.0\r\nX: a\r\n")  # the headers never end: the
+            sock.close()  # server is still reading when the reset (linger 0) comes
+
+        def failed() -> list[logging.LogRecord]:
+            return [record for record in caplog.records if "failed" in record.getMessage()]
+
+        assert wait_until(lambda: len(failed()) == 5, WAIT_S), caplog.text
+    finally:
+        view.close()
+    assert all(record.exc_info is None for record in failed())
+    assert "Traceback" not in capfd.readouterr().err
 
 
 # -- health, auth and bind ---------------------------------------------------------------------
