@@ -95,6 +95,19 @@ def _stream_port(config: Config) -> None:
         )
 
 
+def _port_clash(config: Config) -> None:
+    """The RTSP server and the browser view on one port: the second cannot listen, so `run`
+    would fail at every systemd restart while check-config called the file ok."""
+    stream, http = config.stream, config.http
+    if not (stream.enabled and http.enabled) or stream.port != http.port:
+        return
+    anywhere = ("0.0.0.0", "::")
+    if stream.bind == http.bind or stream.bind in anywhere or http.bind in anywhere:
+        raise ConfigError(
+            f"http.port: {http.port} is stream.port too; the browser view needs another port"
+        )
+
+
 def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
@@ -127,6 +140,7 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
     _synthetic_source,
     _stream_secret,
     _stream_port,
+    _port_clash,
     _mqtt,
     _background,
     _views,

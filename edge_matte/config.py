@@ -364,6 +364,7 @@ class HttpConfig(Section):
     )
     bind: str = Field(
         "127.0.0.1",
+        pattern=_HOST,
         description="Address to listen on; anything but loopback needs a password",
     )
     port: int = Field(8080, ge=1, le=65535, description="HTTP port")

@@ -145,6 +145,8 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         ({"compose": {"background": "b" * 4100}}, "compose.background"),
         ({"compose": {"background": "x\nsecond line"}}, "compose.background"),
         ({"compose": {"background": "c" * 300 + ".png"}}, "compose.background"),
+        ({"http": {"bind": "not a host"}}, "http.bind"),
+        ({"http": {"bind": ""}}, "http.bind"),
         # The opener's urlsplit fails on these on every retry, each with a traceback.
         ({"source": {"uri": "rtsp://cam[1/live"}}, "source.uri"),
         ({"source": {"uri": "rtsp://cam:99999/live"}}, "source.uri"),
@@ -190,6 +192,29 @@ def test_start_checks_list_every_problem_one_per_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         checks.preflight(config)
     assert caught.value.problems == found
+
+
+@pytest.mark.parametrize(
+    ("stream_bind", "http_bind", "clash"),
+    [
+        ("0.0.0.0", "127.0.0.1", True),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.1", "::", True),
+        ("127.0.0.1", "127.0.0.2", False),
+    ],
+)
+def test_the_browser_view_on_the_rtsp_port_is_a_start_problem(
+    tmp_path: Path, stream_bind: str, http_bind: str, clash: bool
+) -> None:
+    """`run` would fail to listen (exit 1, restarted for ever) where check-config said ok."""
+    password = tmp_path / "http-password"
+    password.write_text("pw\n")
+    http = {"enabled": True, "bind": http_bind, "port": 18554, "password_file": str(password)}
+    config = config_mod.parse(
+        {"state_dir": str(tmp_path), "stream": {"bind": stream_bind, "port": 18554}, "http": http}
+    )
+    found = [line for line in checks.problems(config) if line.startswith("http.port")]
+    assert len(found) == clash, checks.problems(config)
 
 
 def test_check_config_and_run_exit_2_listing_all_problems(tmp_path: Path) -> None:
