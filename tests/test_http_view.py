@@ -348,6 +348,33 @@ def test_clients_resetting_mid_request_leave_one_log_line_each_not_a_traceback(
 # -- health, auth and bind ---------------------------------------------------------------------
 
 
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.sendall(request)
+        return sock.recv(4096)
+
+
+def test_auth_scheme_in_any_case_and_head_for_health_checks(tmp_path: Path) -> None:
+    secret = tmp_path / "http-password"
+    secret.write_text("s3cret\n")
+    config = HttpConfig(enabled=True, port=free_port(), password_file=secret)
+    view = HttpView(config, dict)
+    view.start()
+    token = base64.b64encode(b"admin:s3cret").decode()
+    try:
+        for scheme in ("Basic", "basic", "BASIC"):
+            assert view.authorised(f"{scheme} {token}"), scheme
+        for header in (f"Bearer {token}", token, f"Basic {token}x", "Basic", "", "Basic \xff"):
+            assert not view.authorised(header), header
+        # No frame has come: unhealthy, and HEAD answers like GET, without a body.
+        head = _raw(view.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 503") and head.endswith(b"\r\n\r\n"), head
+        refused = _raw(view.port, b"HEAD /state.json HTTP/1.0\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.0 405") and b"Allow: GET" in refused, refused
+    finally:
+        view.close()
+
+
 def test_healthz_follows_the_camera_not_the_no_signal_card(tmp_path: Path) -> None:
     camera = CameraServer(free_port())
     camera.start()
