@@ -82,6 +82,13 @@ FlipMethod = Literal[
 ]  # jetson-utils' videoOptions::FlipMethod names
 
 
+def _no_control_characters(value: str) -> None:
+    """ValueError for a value holding line breaks, terminal escapes or NUL: it would be
+    written into log lines, files and messages as it is."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("contains a control character")
+
+
 class SourceConfig(Section):
     uri: str = Field(
         "test://",
@@ -120,8 +127,7 @@ class SourceConfig(Section):
     def _scheme(cls, uri: str) -> str:
         if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", uri):
             raise ValueError("unsupported scheme: use csi://, v4l2://, file://, rtsp:// or test://")
-        if any(ord(char) < 32 or ord(char) == 127 for char in uri):
-            raise ValueError("contains a control character")  # it is logged and published
+        _no_control_characters(uri)  # it is logged and published
         try:  # what the opener does with it: a malformed one fails there on every retry
             urlsplit(uri).port  # noqa: B018 - parsed for its ValueError
         except ValueError as err:
@@ -294,8 +300,7 @@ class ComposeConfig(Section):
     def _background_name(cls, value: str) -> str:
         if not value or len(value) > BACKGROUND_MAX_CHARS:
             raise ValueError(f"must be 1 to {BACKGROUND_MAX_CHARS} characters")
-        if any(ord(char) < 32 or ord(char) == 127 for char in value):
-            raise ValueError("contains a control character")
+        _no_control_characters(value)
         if any(len(part.encode()) > NAME_MAX_BYTES for part in value.split("/")):
             raise ValueError(f"a file name part is longer than {NAME_MAX_BYTES} bytes")
         return value
