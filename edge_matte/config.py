@@ -466,6 +466,21 @@ class MqttConfig(Section):
             raise ValueError("contains a NUL character")
         return value
 
+    @field_validator("configuration_url")
+    @classmethod
+    def _configuration_url(cls, value: str | None) -> str | None:
+        """Published retained to every subscriber: no user:password in it (the browser view's
+        own `http://user:PASSWORD@device/` form belongs in signage players, not here)."""
+        if value is not None:
+            _no_control_characters(value)
+            try:
+                has_user = "@" in urlsplit(value).netloc
+            except ValueError as err:
+                raise ValueError(f"is not a valid URL ({err})") from err
+            if has_user:
+                raise ValueError("must not hold a user or password: it is published to everyone")
+        return value
+
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "mqtt-password")
 

@@ -511,12 +511,13 @@ def _live(old: Config, new: Config, changed: set[str]) -> bool:
 
 
 def _remember_secrets(config: Config) -> None:
-    """Mask this config's passwords (camera URI, RTSP, broker) in every log line and message."""
+    """Mask this config's passwords (camera URI, RTSP, broker, browser view) in every log line
+    and message."""
     try:
         redact.remember_secret(urlsplit(config.source.uri).password)
     except ValueError:  # not a parseable URI: it has no password part either
         pass
-    for section in (config.stream, config.mqtt):
+    for section in (config.stream, config.mqtt, config.http):
         try:
             redact.remember_secret(section.resolved_password())
         except EdgeMatteError:  # unreadable: nothing to mask (preflight reports it)
