@@ -147,12 +147,15 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
 )
 
 
-def check_file(path: Path) -> list[str]:
-    """Every problem of the config file `path` (with its overrides) as `run` would see them."""
+def check_file(path: Path, dropped: list[str] | None = None) -> list[str]:
+    """Every problem of the config file `path` (with its overrides) as `run` would see them;
+    the overrides `run` would not apply are added to `dropped`."""
     from . import overrides
 
     try:
         layers = overrides.load(path, problems)
     except ConfigError as err:
         return err.problems
+    if dropped is not None:
+        dropped += layers.dropped
     return problems(layers.effective)

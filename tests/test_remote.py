@@ -349,7 +349,15 @@ def test_overrides_holding_what_no_remote_patch_could_set_are_dropped(
     loaded = overrides.load(path, checks.problems)
     assert loaded.effective == operator, loaded.effective
     assert "outside the media directory" in loaded.dropped[0], loaded.dropped
-    assert checks.check_file(path) == []  # check-config agrees: the file alone runs
+    assert checks.check_file(path) == []  # check-config agrees: the file alone runs...
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_matte.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.endswith(f"{path}: ok\n"), done
+    assert f"override not applied: {key}" in done.stdout, done.stdout  # ...and says what it drops
 
 
 def test_overrides_that_no_longer_validate_give_way_to_the_file(tmp_path: Path) -> None:
