@@ -341,6 +341,15 @@ class StreamConfig(Section):
         None, description="File holding the RTSP password (else credential 'rtsp-password')"
     )
 
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_once(cls, value: list[str]) -> list[str]:
+        """Each mount point once: a repeated name was served once but reported twice."""
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "rtsp-password")
 

@@ -145,6 +145,7 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         ({"compose": {"background": "b" * 4100}}, "compose.background"),
         ({"compose": {"background": "x\nsecond line"}}, "compose.background"),
         ({"compose": {"background": "c" * 300 + ".png"}}, "compose.background"),
+        ({"stream": {"outputs": ["composite", "alpha", "composite"]}}, "stream.outputs"),
         # Published retained to every subscriber of the broker.
         ({"mqtt": {"configuration_url": "http://kiosk:pw@dev:8080/"}}, "mqtt.configuration_url"),
         ({"http": {"bind": "not a host"}}, "http.bind"),
