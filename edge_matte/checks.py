@@ -95,6 +95,19 @@ def _stream_port(config: Config) -> None:
         )
 
 
+def _port_clash(config: Config) -> None:
+    """The RTSP server and the browser view on one port: the second cannot listen, so `run`
+    would fail at every systemd restart while check-config called the file ok."""
+    stream, http = config.stream, config.http
+    if not (stream.enabled and http.enabled) or stream.port != http.port:
+        return
+    anywhere = ("0.0.0.0", "::")
+    if stream.bind == http.bind or stream.bind in anywhere or http.bind in anywhere:
+        raise ConfigError(
+            f"http.port: {http.port} is stream.port too; the browser view needs another port"
+        )
+
+
 def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
@@ -127,18 +140,22 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
     _synthetic_source,
     _stream_secret,
     _stream_port,
+    _port_clash,
     _mqtt,
     _background,
     _views,
 )
 
 
-def check_file(path: Path) -> list[str]:
-    """Every problem of the config file `path` (with its overrides) as `run` would see them."""
+def check_file(path: Path, dropped: list[str] | None = None) -> list[str]:
+    """Every problem of the config file `path` (with its overrides) as `run` would see them;
+    the overrides `run` would not apply are added to `dropped`."""
     from . import overrides
 
     try:
         layers = overrides.load(path, problems)
     except ConfigError as err:
         return err.problems
+    if dropped is not None:
+        dropped += layers.dropped
     return problems(layers.effective)

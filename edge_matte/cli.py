@@ -51,9 +51,12 @@ def _forget_engine_failures(cfg: Config) -> None:
 def _check_config(args: argparse.Namespace) -> int:
     from .checks import check_file
 
-    problems = check_file(args.file)
+    dropped: list[str] = []  # remote changes `run` would drop: the operator should know
+    problems = check_file(args.file, dropped)
     for problem in problems:
         print(_one_line(problem), file=sys.stderr)
+    for line in dropped:
+        print(_one_line(f"{args.file}: override not applied: {line}"))
     if not problems:
         print(f"{args.file}: ok")
     return EXIT_USAGE if problems else 0

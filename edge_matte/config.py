@@ -16,6 +16,7 @@ import socket
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -81,6 +82,13 @@ FlipMethod = Literal[
 ]  # jetson-utils' videoOptions::FlipMethod names
 
 
+def _no_control_characters(value: str) -> None:
+    """ValueError for a value holding line breaks, terminal escapes or NUL: it would be
+    written into log lines, files and messages as it is."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("contains a control character")
+
+
 class SourceConfig(Section):
     uri: str = Field(
         "test://",
@@ -119,6 +127,11 @@ class SourceConfig(Section):
     def _scheme(cls, uri: str) -> str:
         if not re.match(r"^(csi|v4l2|file|rtsp|rtsps|test)://", uri):
             raise ValueError("unsupported scheme: use csi://, v4l2://, file://, rtsp:// or test://")
+        _no_control_characters(uri)  # it is logged and published
+        try:  # what the opener does with it: a malformed one fails there on every retry
+            urlsplit(uri).port  # noqa: B018 - parsed for its ValueError
+        except ValueError as err:
+            raise ValueError(f"is not a valid URI ({err})") from err
         return uri
 
     @model_validator(mode="after")
@@ -287,8 +300,7 @@ class ComposeConfig(Section):
     def _background_name(cls, value: str) -> str:
         if not value or len(value) > BACKGROUND_MAX_CHARS:
             raise ValueError(f"must be 1 to {BACKGROUND_MAX_CHARS} characters")
-        if any(ord(char) < 32 or ord(char) == 127 for char in value):
-            raise ValueError("contains a control character")
+        _no_control_characters(value)
         if any(len(part.encode()) > NAME_MAX_BYTES for part in value.split("/")):
             raise ValueError(f"a file name part is longer than {NAME_MAX_BYTES} bytes")
         return value
@@ -329,6 +341,15 @@ class StreamConfig(Section):
         None, description="File holding the RTSP password (else credential 'rtsp-password')"
     )
 
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_once(cls, value: list[str]) -> list[str]:
+        """Each mount point once: a repeated name was served once but reported twice."""
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return value
+
     def resolved_password(self) -> str | None:
         return _secret_from(self.password, self.password_file, "rtsp-password")
 
@@ -357,6 +378,7 @@ class HttpConfig(Section):
     )
     bind: str = Field(
         "127.0.0.1",
+        pattern=_HOST,
         description="Address to listen on; anything but loopback needs a password",
     )
     port: int = Field(8080, ge=1, le=65535, description="HTTP port")
@@ -451,6 +473,21 @@ class MqttConfig(Section):
             raise ValueError(f"must be 1 to {MQTT_ID_MAX_BYTES} bytes of UTF-8")
         if value is not None and "\x00" in value:
             raise ValueError("contains a NUL character")
+        return value
+
+    @field_validator("configuration_url")
+    @classmethod
+    def _configuration_url(cls, value: str | None) -> str | None:
+        """Published retained to every subscriber: no user:password in it (the browser view's
+        own `http://user:PASSWORD@device/` form belongs in signage players, not here)."""
+        if value is not None:
+            _no_control_characters(value)
+            try:
+                has_user = "@" in urlsplit(value).netloc
+            except ValueError as err:
+                raise ValueError(f"is not a valid URL ({err})") from err
+            if has_user:
+                raise ValueError("must not hold a user or password: it is published to everyone")
         return value
 
     def resolved_password(self) -> str | None:

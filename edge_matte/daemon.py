@@ -401,7 +401,6 @@ class Daemon:
                 return
             if not trusted:
                 remote.refuse(old, new)
-                _confine_background(old, new)
             _remember_secrets(new)  # before anything logs the new settings
             live = _live(old, new, changed)
             profile = self._profile if live else preflight(new)  # ConfigError: nothing changed
@@ -512,24 +511,14 @@ def _live(old: Config, new: Config, changed: set[str]) -> bool:
     return True
 
 
-def _confine_background(old: Config, new: Config) -> None:
-    """MediaError unless a remotely changed background asset lies inside the media directory.
-
-    Checked here, not only by the live compositor update: a patch that also changes a section
-    needing a restart builds a new compositor, which trusts its config like the operator's file.
-    """
-    background = new.compose.background
-    if background != old.compose.background and not background.startswith("#"):
-        resolve_asset(background, new.resolved_media_dir())
-
-
 def _remember_secrets(config: Config) -> None:
-    """Mask this config's passwords (camera URI, RTSP, broker) in every log line and message."""
+    """Mask this config's passwords (camera URI, RTSP, broker, browser view) in every log line
+    and message."""
     try:
         redact.remember_secret(urlsplit(config.source.uri).password)
     except ValueError:  # not a parseable URI: it has no password part either
         pass
-    for section in (config.stream, config.mqtt):
+    for section in (config.stream, config.mqtt, config.http):
         try:
             redact.remember_secret(section.resolved_password())
         except EdgeMatteError:  # unreadable: nothing to mask (preflight reports it)

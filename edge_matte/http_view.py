@@ -17,6 +17,7 @@ import json
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -95,6 +96,15 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line, not socketserver's traceback on stderr (unmasked, unbounded, in the
+        journal): any client can reset a connection mid-answer, as often as it likes."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            _LOG.debug("HTTP: connection from %s failed: %s", client_address[0], error)
+        else:
+            _LOG.warning("HTTP: request from %s failed", client_address[0], exc_info=True)
+
 
 class HttpView:
     """Serves the browser view of one output; feed it with `offer` (never blocks)."""
@@ -164,8 +174,10 @@ class HttpView:
         if not self._password:
             return True
         token = base64.b64encode(f"{self.config.username}:{self._password}".encode()).decode()
-        given = (header or "").encode("utf-8", "surrogateescape")
-        return hmac.compare_digest(given, f"Basic {token}".encode())
+        scheme, _, given = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":  # the scheme is case-insensitive (RFC 9110 11.1)
+            return False
+        return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
     def state(self) -> dict[str, Any]:
         """The device's state and this view's counters (the page and /state.json)."""
@@ -258,7 +270,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, "text/plain", b"not found\n")
 
     def do_HEAD(self) -> None:  # noqa: N802
-        self._send(405, "text/plain", b"")
+        """/healthz answers HEAD (load balancers' checks); the other routes are GET only."""
+        self._deadline.cancel()
+        if self.path.split("?", 1)[0] == "/healthz":
+            self.send_response(200 if self.server.view.healthy() else 503)
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+        else:
+            self._send(405, "text/plain", b"", {"Allow": "GET"})
 
     def _send(
         self, code: int, kind: str, body: bytes, headers: dict[str, str] | None = None

@@ -22,7 +22,7 @@ from . import atomic
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, StorageError
-from .remote import flatten, is_remote
+from .remote import flatten, is_remote, refuse
 
 FILE_NAME = "config-overrides.yaml"
 _HEADER = (
@@ -71,6 +71,9 @@ def load(config_path: Path | None, check: Callable[[Config], list[str]] | None =
         return Layers(operator, operator, {}, dropped, path)
     try:
         effective = config_mod.parse(_merged(raw, kept), f"{path} over {config_path}")
+        # Values a remote patch could never set (a file:// outside the media directory, an
+        # absolute background) are not taken from a hand-edited overrides file either.
+        refuse(operator, effective)
         problems = check(effective) if check is not None and not check(operator) else []
     except ConfigError as err:
         problems = err.problems

@@ -13,13 +13,14 @@ import logging
 import re
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 MAX_TEXT = 300  # characters of one echoed value or error line
 MAX_LOG = 2000  # characters of one log line (message and traceback each)
-# scheme://userinfo@ in free text; the userinfo runs up to the last @ before the path.
-_URI_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+# scheme://userinfo@ in free text; the userinfo runs up to the last @ before the path, and
+# when it has one, on to the last @ before the query: a password with an unescaped "/"
+# (`user:p@ss/word@host`) is cut there by URI parsers, but must not show either.
+_URI_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@(?:[^\s?#]*@)?")
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -27,13 +28,7 @@ _lock = threading.Lock()
 
 def mask_uri(uri: str) -> str:
     """The URI with any user:password replaced by ***, for logs and messages."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:  # a malformed authority ([ without ]): mask it as text
-        return _URI_CREDENTIALS.sub(rf"\1{MASK}@", uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc=f"{MASK}@" + parts.netloc.rsplit("@", 1)[1]))
+    return _URI_CREDENTIALS.sub(rf"\1{MASK}@", uri, count=1)
 
 
 def remember_secret(value: str | None) -> None:

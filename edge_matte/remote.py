@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
+from .capture.opener import uri_path
 from .config import Config, capped
 from .errors import ConfigError, MediaError
 from .media import resolve_asset
+from .redact import shorten
 
 # Dotted keys (a section name covers all its keys) a remote patch may change; nothing else.
 REMOTE_KEYS = (
@@ -90,8 +91,8 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 def refuse(old: Config, new: Config) -> None:
     """ConfigError unless a remote controller may turn `old` into `new`.
 
-    Only reads the two configs (and, for a file:// camera, resolves a name in the media
-    directory): nothing named by the patch is opened before it is allowed.
+    Only reads the two configs (and, for a file:// camera or a background asset, resolves a
+    name in the media directory): nothing named by the patch is opened before it is allowed.
     """
     changed = changed_keys(old, new)
     device_only = [key for key in changed if not is_remote(key)]
@@ -102,6 +103,19 @@ def refuse(old: Config, new: Config) -> None:
         raise ConfigError("; ".join(lines), lines)
     if "source.uri" in changed:
         _check_camera(new.source.uri, new.resolved_media_dir())
+    if "compose.background" in changed:
+        _confine_background(new.compose.background, new.resolved_media_dir())
+
+
+def _confine_background(background: str, media_dir: Path) -> None:
+    """A remotely chosen background asset must lie inside the media directory. Checked here,
+    not only by the live compositor update: a change that also rebuilds the pipeline builds a
+    new compositor, which trusts its config like the operator's file."""
+    if not background.startswith("#"):
+        try:
+            resolve_asset(background, media_dir)
+        except MediaError as err:
+            raise ConfigError(f"compose.background: {err}") from err
 
 
 def _check_camera(uri: str, media_dir: Path) -> None:
@@ -109,7 +123,12 @@ def _check_camera(uri: str, media_dir: Path) -> None:
         return
     if uri.startswith("file://"):
         try:
-            resolve_asset(unquote(urlsplit(uri).path), media_dir)
+            path = uri_path(uri)
+            if not path.startswith("/"):  # the opener would read it from its working directory
+                raise MediaError(
+                    f"{shorten(repr(path), 100)} is not an absolute path (file:///...)"
+                )
+            resolve_asset(path, media_dir)
         except (MediaError, ValueError) as err:
             raise ConfigError(
                 f"source.uri: a file source must be in the media directory ({err})"

@@ -182,7 +182,7 @@ def test_config_set_is_applied_persisted_answered_and_republished(
         ),
         (
             b'{"id": "r9", "compose": {"blur_sigma": "\\u0000"}}',
-            None,
+            "r9",  # the id is clean: the refusal carries it
             ["compose.blur_sigma: contains a NUL"],
         ),
         (b'{"id": ["r10"], "log_level": "DEBUG"}', None, ["id: must be a string or an integer"]),

@@ -9,7 +9,13 @@ import pytest
 
 from edge_matte.config import MqttConfig
 from edge_matte.control import discovery
-from edge_matte.control.payloads import PayloadError, command_args, decode_object, split_id
+from edge_matte.control.payloads import (
+    PayloadError,
+    command_args,
+    decode_object,
+    peek_id,
+    split_id,
+)
 from edge_matte.control.topics import Topics
 
 LIMIT = 1024
@@ -64,6 +70,22 @@ def test_split_id_takes_the_request_id_out(request_: dict, expected: tuple) -> N
 def test_split_id_refuses_ids_that_cannot_be_echoed(bad_id: object) -> None:
     with pytest.raises(PayloadError, match="^id: "):
         split_id({"id": bad_id})
+
+
+def test_a_refusal_for_a_bad_value_still_carries_the_request_id() -> None:
+    """The controller matches answers by id: a NUL elsewhere in the request must not lose it."""
+    payload = b'{"id": "r1", "source": {"uri": "rtsp://a\\u0000b/x"}}'
+    with pytest.raises(PayloadError, match="source.uri: contains a NUL"):
+        decode_object(payload, LIMIT)
+    assert peek_id(payload, LIMIT) == "r1"
+    for unusable in (
+        b'{"id": "a\\u0000b"}',
+        b'{"id": [1]}',
+        b"{",
+        b"[]",
+        b'{"id": "x"}' + b" " * LIMIT,
+    ):
+        assert peek_id(unusable, LIMIT) is None, unusable
 
 
 PNG_BYTES = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -37,6 +39,9 @@ from daemon_tools import (
     write_config,
 )
 from rtsp_tools import CameraServer, free_port, wait_until
+
+from edge_matte.config import HttpConfig
+from edge_matte.http_view import HttpView
 
 WAIT_S = 30.0
 GREEN = "#00ff00"
@@ -315,7 +320,59 @@ def _answer(sock: socket.socket) -> bytes:
         return b""
 
 
+def test_clients_resetting_mid_request_leave_one_log_line_each_not_a_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """socketserver prints a traceback to stderr (the journal, unmasked) for every failed
+    connection: any client could fill the journal by resetting connections mid-request."""
+    view = HttpView(HttpConfig(enabled=True, port=free_port()), dict)
+    view.start()
+    caplog.set_level(logging.DEBUG, logger="edge_matte.http_view")
+    try:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", view.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(b"GET / HTTP/1.0\r\nX: a\r\n")  # the headers never end: the
+            sock.close()  # server is still reading when the reset (linger 0) comes
+
+        def failed() -> list[logging.LogRecord]:
+            return [record for record in caplog.records if "failed" in record.getMessage()]
+
+        assert wait_until(lambda: len(failed()) == 5, WAIT_S), caplog.text
+    finally:
+        view.close()
+    assert all(record.exc_info is None for record in failed())
+    assert "Traceback" not in capfd.readouterr().err
+
+
 # -- health, auth and bind ---------------------------------------------------------------------
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
+        sock.sendall(request)
+        return sock.recv(4096)
+
+
+def test_auth_scheme_in_any_case_and_head_for_health_checks(tmp_path: Path) -> None:
+    secret = tmp_path / "http-password"
+    secret.write_text("s3cret\n")
+    config = HttpConfig(enabled=True, port=free_port(), password_file=secret)
+    view = HttpView(config, dict)
+    view.start()
+    token = base64.b64encode(b"admin:s3cret").decode()
+    try:
+        for scheme in ("Basic", "basic", "BASIC"):
+            assert view.authorised(f"{scheme} {token}"), scheme
+        for header in (f"Bearer {token}", token, f"Basic {token}x", "Basic", "", "Basic \xff"):
+            assert not view.authorised(header), header
+        # No frame has come: unhealthy, and HEAD answers like GET, without a body.
+        head = _raw(view.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 503") and head.endswith(b"\r\n\r\n"), head
+        refused = _raw(view.port, b"HEAD /state.json HTTP/1.0\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.0 405") and b"Allow: GET" in refused, refused
+    finally:
+        view.close()
 
 
 def test_healthz_follows_the_camera_not_the_no_signal_card(tmp_path: Path) -> None:

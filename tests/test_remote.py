@@ -118,6 +118,11 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         f"file://{media}/../secret.mp4",
         f"file://{media}/" + "a" * 5000,
         "v4l2:///etc/passwd",
+        # A host part is where the opener's path begins: these name <cwd>/x/<media>/clip.mp4
+        # and /etc/<media>/clip.mp4, not the clip in the media directory.
+        f"file://x{media}/clip.mp4",
+        f"file://%2Fetc{media}/clip.mp4",
+        f"file://..{media}/clip.mp4",
     ):
         with pytest.raises(ConfigError, match="source.uri"):
             remote.refuse(old, patched(old, {"source": {"uri": uri}}))
@@ -140,6 +145,17 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         ({"compose": {"background": "b" * 4100}}, "compose.background"),
         ({"compose": {"background": "x\nsecond line"}}, "compose.background"),
         ({"compose": {"background": "c" * 300 + ".png"}}, "compose.background"),
+        ({"stream": {"outputs": ["composite", "alpha", "composite"]}}, "stream.outputs"),
+        # Published retained to every subscriber of the broker.
+        ({"mqtt": {"configuration_url": "http://kiosk:pw@dev:8080/"}}, "mqtt.configuration_url"),
+        ({"http": {"bind": "not a host"}}, "http.bind"),
+        ({"http": {"bind": ""}}, "http.bind"),
+        # The opener's urlsplit fails on these on every retry, each with a traceback.
+        ({"source": {"uri": "rtsp://cam[1/live"}}, "source.uri"),
+        ({"source": {"uri": "rtsp://cam:99999/live"}}, "source.uri"),
+        # Terminal escapes and line breaks would reach every log line and message naming it.
+        ({"source": {"uri": "rtsp://cam\x1b[2J\x07/live"}}, "source.uri"),
+        ({"source": {"uri": "csi://0\n"}}, "source.uri"),
     ],
 )
 def test_values_run_would_refuse_are_schema_errors_naming_the_key(patch: dict, key: str) -> None:
@@ -179,6 +195,29 @@ def test_start_checks_list_every_problem_one_per_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         checks.preflight(config)
     assert caught.value.problems == found
+
+
+@pytest.mark.parametrize(
+    ("stream_bind", "http_bind", "clash"),
+    [
+        ("0.0.0.0", "127.0.0.1", True),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.1", "::", True),
+        ("127.0.0.1", "127.0.0.2", False),
+    ],
+)
+def test_the_browser_view_on_the_rtsp_port_is_a_start_problem(
+    tmp_path: Path, stream_bind: str, http_bind: str, clash: bool
+) -> None:
+    """`run` would fail to listen (exit 1, restarted for ever) where check-config said ok."""
+    password = tmp_path / "http-password"
+    password.write_text("pw\n")
+    http = {"enabled": True, "bind": http_bind, "port": 18554, "password_file": str(password)}
+    config = config_mod.parse(
+        {"state_dir": str(tmp_path), "stream": {"bind": stream_bind, "port": 18554}, "http": http}
+    )
+    found = [line for line in checks.problems(config) if line.startswith("http.port")]
+    assert len(found) == clash, checks.problems(config)
 
 
 def test_check_config_and_run_exit_2_listing_all_problems(tmp_path: Path) -> None:
@@ -222,6 +261,7 @@ def test_check_config_and_run_exit_2_listing_all_problems(tmp_path: Path) -> Non
         "rtsp://admin:p@ssw0rd@cam.local:554/live",
         "rtsp://user:secret@host/stream",
         "rtsps://a:b:c@host",
+        "rtsp://user:p@ss:w/rd@cam.local:554/live",  # an unescaped "/" in the password
     ],
 )
 def test_masking_keeps_no_piece_of_the_password(uri: str) -> None:
@@ -229,6 +269,16 @@ def test_masking_keeps_no_piece_of_the_password(uri: str) -> None:
     assert password not in redact.mask_uri(uri)
     assert password not in redact.mask(f"opening {uri} failed")
     assert redact.mask_uri(uri).endswith(uri.rsplit("@", 1)[1])
+    pieces = [piece for piece in password.split("@") if len(piece) > 2]  # "p" is in "rtsp"
+    assert all(piece not in redact.mask(f"{uri} failed") for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["file:///media/me@home.mp4", "rtsp://cam/live@2?user=a@b", "test://?seed=2", "no uri@all"],
+)
+def test_masking_leaves_an_at_sign_outside_the_authority(text: str) -> None:
+    assert redact.mask_uri(text) == text and redact.mask(text) == text
 
 
 def test_config_json_masks_camera_credentials() -> None:
@@ -280,6 +330,35 @@ def test_overrides_of_device_only_keys_are_ignored(tmp_path: Path) -> None:
     )
     loaded = overrides.load(path)
     assert loaded.effective.mqtt.host == "localhost" and loaded.dropped
+
+
+@pytest.mark.parametrize("key", ["source.uri", "compose.background"])
+def test_overrides_holding_what_no_remote_patch_could_set_are_dropped(
+    tmp_path: Path, key: str
+) -> None:
+    """Someone who can write the state directory cannot reach files outside the media
+    directory through the overrides file either: its values pass the remote checks."""
+    path = operator_file(tmp_path)
+    operator = config_mod.load(path)
+    outside = tmp_path / "outside.png"  # a real image and a file that exist, not in media
+    cv2.imwrite(str(outside), np.zeros((8, 8, 3), np.uint8))
+    value = {"source.uri": f"file://{outside}", "compose.background": str(outside)}[key]
+    saved = overrides.path_for(operator)
+    saved.parent.mkdir(parents=True)
+    entry = {"value": value, "file_value": remote.flatten(operator.model_dump(mode="json"))[key]}
+    saved.write_text(yaml.safe_dump({"version": 1, "overrides": {key: entry}}))
+    loaded = overrides.load(path, checks.problems)
+    assert loaded.effective == operator, loaded.effective
+    assert "outside the media directory" in loaded.dropped[0], loaded.dropped
+    assert checks.check_file(path) == []  # check-config agrees: the file alone runs...
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_matte.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.endswith(f"{path}: ok\n"), done
+    assert f"override not applied: {key}" in done.stdout, done.stdout  # ...and says what it drops
 
 
 def test_overrides_that_no_longer_validate_give_way_to_the_file(tmp_path: Path) -> None:

@@ -156,17 +156,31 @@ def test_retained_requests_published_while_connected_are_refused_and_clearing_is
 
 # -- 5: credentials never leave the device -----------------------------------------------------
 
-SECRETS = ("p@ssw0rd", "ssw0rd", "mqtt-pw-5ecret", "rtsp-pw-5ecret")
+SECRETS = ("p@ssw0rd", "ssw0rd", "mqtt-pw-5ecret", "rtsp-pw-5ecret", "http-pw-5ecret")
 
 
 def test_no_secret_in_any_published_message_or_log_line(tmp_path: Path) -> None:
     users = {DEVICE: "mqtt-pw-5ecret", "watcher": "watcher-pw"}
     (tmp_path / "mqtt-password").write_text("mqtt-pw-5ecret\n")
     (tmp_path / "rtsp-password").write_text("rtsp-pw-5ecret\n")
+    (tmp_path / "http-password").write_text("http-pw-5ecret\n")
     with Broker(tmp_path / "broker", users=users) as broker:
-        mqtt = mqtt_section(broker, username=DEVICE, password_file=str(tmp_path / "mqtt-password"))
+        # A signage link carrying the browser view's password as a token: published retained
+        # in `config` and in every Home Assistant discovery document.
+        mqtt = mqtt_section(
+            broker,
+            username=DEVICE,
+            password_file=str(tmp_path / "mqtt-password"),
+            homeassistant=True,
+            configuration_url="http://127.0.0.1:8080/?kiosk=http-pw-5ecret",
+        )
         stream = {"username": "viewer", "password_file": str(tmp_path / "rtsp-password")}
-        path, _ = prepared(tmp_path, mqtt=mqtt, stream=stream)
+        http = {
+            "enabled": True,
+            "port": free_port(),
+            "password_file": str(tmp_path / "http-password"),
+        }
+        path, _ = prepared(tmp_path, mqtt=mqtt, stream=stream, http=http)
         camera = f"rtsp://admin:p@ssw0rd@127.0.0.1:{free_port()}/cam"  # nobody listens there
         with (
             Probe(broker, "#", username="watcher", password="watcher-pw") as probe,

@@ -132,10 +132,18 @@ class ThreadedSource:
                 _LOG.warning("reader for %s still blocked in a read; it exits after", self.info.uri)
 
 
+def uri_path(uri: str) -> str:
+    """The device or file path a v4l2:// or file:// URI opens (what follows `//`, unquoted).
+
+    The one reading of such a URI: the remote check that confines file sources to the media
+    directory must judge exactly the path the opener will open."""
+    parts = urlsplit(uri)
+    return unquote(parts.netloc + parts.path)
+
+
 def _open_grabber(config: SourceConfig, label: str) -> Grabber:
-    parts = urlsplit(config.uri)
-    scheme = parts.scheme
-    path = unquote(parts.netloc + parts.path)
+    scheme = urlsplit(config.uri).scheme
+    path = uri_path(config.uri)
     size = (config.width, config.height, config.fps)
     if scheme == "csi" or (scheme == "v4l2" and jetson_utils_usable()):
         return JetsonGrabber(config.uri, label, *size, flip=config.flip)

@@ -18,6 +18,7 @@ from .. import __version__
 from ..config import ComposeConfig, MqttConfig
 from ..events import KINDS
 from ..plate import PlateState
+from ..redact import mask
 from .topics import AUTO_REFRESH_SET, CMD_PREFIX, CONFIG_SET, Topics
 
 ORIGIN = {"name": "edge-matte", "sw_version": __version__}
@@ -197,7 +198,7 @@ def _payload(mqtt: MqttConfig, topics: Topics, name: str) -> str:
         "sw_version": __version__,
     }
     if mqtt.configuration_url:
-        device["configuration_url"] = mqtt.configuration_url
+        device["configuration_url"] = mask(mqtt.configuration_url)  # a token in its query
     entity.update(
         {"unique_id": f"edge_matte_{mqtt.device_id}_{name}", "device": device, "origin": ORIGIN}
     )

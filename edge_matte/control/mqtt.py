@@ -255,9 +255,8 @@ class MqttControl:
                     self._publish_image(answer.snapshot)
             if answer.changed:
                 self._refresh_retained()
-            self._publish(
-                f"{self._topics.base}/{answer.result_topic}", json.dumps(answer.result, default=str)
-            )
+            result = json.dumps(mask_data(answer.result), default=str)
+            self._publish(f"{self._topics.base}/{answer.result_topic}", result)
         finally:
             if release:
                 self._slots.release()
@@ -332,7 +331,7 @@ class MqttControl:
             _LOG.exception("cannot produce the payload for %s", topic)
             return
         if self._retained.changed(topic, data, volatile):
-            self._publish(topic, json.dumps(data, default=str), retain=True)
+            self._publish(topic, json.dumps(mask_data(data), default=str), retain=True)
 
     def _tick(self) -> None:
         while not self._stopping.is_set():

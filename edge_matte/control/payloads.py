@@ -59,10 +59,19 @@ def split_id(request: dict[str, Any]) -> tuple[RequestId, dict[str, Any]]:
 
 
 def peek_id(payload: bytes, max_bytes: int) -> RequestId:
-    """The request id of a payload if one can be read, else None (for answering errors)."""
+    """The request id of a payload if one can be read, else None (for answering errors).
+
+    Read past problems elsewhere in the request (a NUL in a value), so their refusal still
+    carries the id the controller matches answers by; only a clean id is echoed."""
+    if len(payload) > max_bytes:
+        return None
     try:
-        return split_id(decode_object(payload, max_bytes))[0]
-    except PayloadError:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        request_id = split_id(data)[0] if isinstance(data, dict) else None
+        if isinstance(request_id, str):
+            _check_text("id", request_id)
+        return request_id
+    except (ValueError, RecursionError, PayloadError):  # UnicodeDecodeError is a ValueError
         return None
 
 
