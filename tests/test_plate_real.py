@@ -111,11 +111,11 @@ def test_vtest_plate_converges_in_a_street_that_is_never_empty(vtest) -> None:
         figures[horizon] = (ours, mog2, status["known_fraction"])
     print(figures)
     (mae, p99), (mog2_mae, _), known = figures[len(frames)]
-    assert mae <= 0.5 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.46, 2, 0.55, 0.98
+    assert mae <= 0.4 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.31, 2, 0.55, 0.98
     (mae, _), (mog2_mae, _), _ = figures[300]
-    assert mae <= 1.02 * mog2_mae  # measured 1.61 (target 1.5), MOG2 1.61
+    assert mae <= 1.5 and mae < mog2_mae  # measured 1.48, MOG2 1.61
     (mae, _), (mog2_mae, _), _ = figures[100]
-    assert mae <= 2.6  # measured 2.30 (target 2.1), MOG2 2.07: someone standing 10 s is kept
+    assert mae <= 2.25  # measured 2.13 (target 2.1), MOG2 2.07: a group standing 10 s is kept
 
 
 def test_tree_leaves_are_background(tree) -> None:
@@ -178,4 +178,4 @@ def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest) -> None:
     assert [e.kind for e in events][:2] == ["plate.capturing", "plate.captured"]
     assert (
         errors(keeper.plate, temporal_median(frames))[0] <= 2.0
-    )  # measured 1.77 (2.30 when installed at 10 s)
+    )  # measured 1.29 (2.13 when installed at 10 s)
