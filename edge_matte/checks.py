@@ -112,11 +112,21 @@ def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
         return
-    _secret_file("mqtt", mqtt.password_file)
     from .control.client import build_client  # paho only with MQTT on
     from .control.topics import Topics
 
-    build_client(mqtt, Topics.from_config(mqtt))  # TLS files, password file: as `run` uses them
+    found: list[str] = []
+    try:
+        _secret_file("mqtt", mqtt.password_file)
+    except ConfigError as err:
+        found += err.problems
+        mqtt = mqtt.model_copy(update={"password_file": None})  # still check the TLS files
+    try:
+        build_client(mqtt, Topics.from_config(mqtt))  # TLS files, password: as `run` uses them
+    except ConfigError as err:
+        found += err.problems
+    if found:
+        raise ConfigError("; ".join(found), found)
 
 
 def _background(config: Config) -> None:

@@ -185,12 +185,17 @@ def test_start_checks_list_every_problem_one_per_line(tmp_path: Path) -> None:
             "state_dir": str(tmp_path),
             "matting": {"weights": str(tmp_path / "missing.pth")},
             "stream": {"username": "viewer", "port": 18554},
-            "mqtt": {"enabled": True, "password_file": str(tmp_path / "no-such-file")},
+            "mqtt": {
+                "enabled": True,
+                "password_file": str(tmp_path / "no-such-file"),
+                "tls": {"ca_file": str(tmp_path / "no-such-ca.pem")},
+            },
             "compose": {"background": "gone.png"},
         }
     )
     found = checks.problems(config)
-    for key in ("matting.weights", "stream.username", "mqtt.password_file", "compose.background"):
+    keys = ("matting.weights", "stream.username", "mqtt.password_file", "mqtt.tls.ca_file")
+    for key in (*keys, "compose.background"):
         assert sum(line.startswith(key) for line in found) == 1, (key, found)
     with pytest.raises(ConfigError) as caught:
         checks.preflight(config)
