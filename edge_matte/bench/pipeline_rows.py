@@ -205,12 +205,13 @@ def _pipeline(label: str, config: Config, seconds: float) -> Row:
 
 
 def _wait_served(pipeline: Pipeline, client: subprocess.Popen) -> None:
-    """Until a frame was published and the RTSP client is connected; EdgeMatteError if not."""
+    """Until a matted camera frame was published (not a NO SIGNAL card: the first matte may
+    take seconds while engines settle) and the RTSP client is connected; EdgeMatteError if not."""
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if pipeline.failed or client.poll() is not None:
             break
-        if pipeline.first_output.is_set() and pipeline.telemetry()["rtsp_clients"] > 0:
+        if pipeline.first_camera_output.is_set() and pipeline.telemetry()["rtsp_clients"] > 0:
             return
         time.sleep(0.05)
     raise EdgeMatteError(
