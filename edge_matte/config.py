@@ -566,11 +566,6 @@ def capped(lines: list[str], most: int = MOST_ERRORS) -> list[str]:
     return [redact.shorten(line) for line in lines[:most]] + more
 
 
-def join_errors(lines: list[str], most: int = MOST_ERRORS) -> str:
-    """One line of at most `most` problems."""
-    return "; ".join(capped(lines, most))
-
-
 def parse(data: Any, origin: str = "config") -> Config:
     """Validate a mapping into a Config, or raise ConfigError listing every problem."""
     if data is None:

@@ -15,7 +15,6 @@ class Health:
     """A snapshot of the pipeline's health (see `Pipeline.health`)."""
 
     source_connected: bool
-    camera_frames: int  # real camera frames that reached the output since the pipeline started
     source_fps: float  # camera frames reaching the output per second, recent window
     output_fps: float  # every frame sent, NO SIGNAL cards included
     problems: tuple[str, ...] = ()

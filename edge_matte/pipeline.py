@@ -292,7 +292,6 @@ class Pipeline:
         missing = None if source.connected or source.last_error is None else source.problem()
         return Health(
             source_connected=source.connected,
-            camera_frames=self.camera_output.frames_out,
             source_fps=self.camera_output.fps(),
             output_fps=self.stats["output"].fps(),
             problems=problems(
