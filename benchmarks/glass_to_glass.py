@@ -30,8 +30,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_matte.config import StreamConfig  # noqa: E402
-from edge_matte.stream import RtspServer  # noqa: E402
+from edge_matte.config.schema import StreamConfig  # noqa: E402
+from edge_matte.output.stream import RtspServer  # noqa: E402
 
 BITS = 20
 WRAP = 1 << BITS

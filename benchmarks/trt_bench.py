@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.select import BUILDERS
 from edge_matte.engine.torch_engine import TorchEngine
 from edge_matte.engine.trt import TrtEngine, engine_cache

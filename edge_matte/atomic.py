@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import StorageError
+from edge_matte.errors import StorageError
 
 
 def write_bytes(path: Path, data: bytes, mode: int = 0o640) -> None:

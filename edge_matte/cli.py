@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, logs
-from .errors import ConfigError, EdgeMatteError
+from edge_matte import __version__
+from edge_matte.errors import ConfigError, EdgeMatteError
+from edge_matte.runtime import logs
 
 if TYPE_CHECKING:
-    from .config import Config
+    from edge_matte.config.schema import Config
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -24,9 +25,11 @@ DEFAULT_CONFIG = Path("/etc/edge-matte/edge-matte.yaml")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import memory, overrides, redact
-    from .checks import problems
-    from .daemon import Daemon
+    from edge_matte.config import redact
+    from edge_matte.control import overrides
+    from edge_matte.runtime import memory
+    from edge_matte.runtime.checks import problems
+    from edge_matte.runtime.daemon import Daemon
 
     memory.tune_malloc()  # before any thread starts
     redact.install_log_filter()  # secrets out of every log line, from the first
@@ -42,14 +45,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _forget_engine_failures(cfg: Config) -> None:
     """`run --rebuild`: build again the TensorRT engines whose build failed before."""
-    from .engine.cache import EngineCache
+    from edge_matte.engine.cache import EngineCache
 
     forgotten = EngineCache(cfg.resolved_cache_dir() / "engines").forget_failures()
     logging.getLogger(__name__).info("forgot %d failed engine build(s)", forgotten)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .checks import check_file
+    from edge_matte.runtime.checks import check_file
 
     dropped: list[str] = []  # remote changes `run` would drop: the operator should know
     problems = check_file(args.file, dropped)
@@ -65,8 +68,8 @@ def _check_config(args: argparse.Namespace) -> int:
 def _config_show(args: argparse.Namespace) -> int:
     import json
 
-    from . import overrides
-    from .checks import problems
+    from edge_matte.control import overrides
+    from edge_matte.runtime.checks import problems
 
     layers = overrides.load(args.config, problems)
     for key, value, origin in overrides.origins(layers, args.config):
@@ -77,8 +80,8 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _config_reset(args: argparse.Namespace) -> int:
-    from . import config as config_mod
-    from . import overrides
+    from edge_matte.config import schema as config_mod
+    from edge_matte.control import overrides
 
     path = overrides.path_for(config_mod.load(args.config))
     removed = overrides.reset(path)
@@ -89,45 +92,45 @@ def _config_reset(args: argparse.Namespace) -> int:
 
 
 def _matte(args: argparse.Namespace) -> int:
-    from .offline import matte_command
+    from edge_matte.tools.offline import matte_command
 
     return matte_command(args)
 
 
 def _plate_build(args: argparse.Namespace) -> int:
-    from .offline import plate_build_command
+    from edge_matte.tools.offline import plate_build_command
 
     return plate_build_command(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import memory
-    from .bench import bench_command
+    from edge_matte.bench import bench_command
+    from edge_matte.runtime import memory
 
     memory.tune_malloc()  # as the daemon runs
     return bench_command(args)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import main_calibrate
+    from edge_matte.tools.calibrate import main_calibrate
 
     return main_calibrate(args)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import main_export
+    from edge_matte.tools.export import main_export
 
     return main_export(args)
 
 
 def _soak(args: argparse.Namespace) -> int:
-    from .soak import main_soak
+    from edge_matte.tools.soak import main_soak
 
     return main_soak(args)
 
 
 def _install(args: argparse.Namespace) -> int:
-    from .install import main_install
+    from edge_matte.tools.install import main_install
 
     return main_install(args)
 
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_config_commands(sub)
 
-    from .offline import add_matte_arguments, add_plate_build_arguments
+    from edge_matte.tools.offline import add_matte_arguments, add_plate_build_arguments
 
     matte = _command(sub, "matte", "matte images or a video offline (the daemon's engines)")
     add_matte_arguments(matte)
@@ -221,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plate_build_arguments(build)
     build.set_defaults(func=_plate_build)
 
-    from .bench import add_bench_arguments
+    from edge_matte.bench import add_bench_arguments
 
     bench = _command(
         sub, "bench", "time every fast path and the pipeline against the plain FP32 model"
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
-    from .calibrate import add_arguments as add_calibrate_arguments
+    from edge_matte.tools.calibrate import add_arguments as add_calibrate_arguments
 
     calibrate = _command(
         sub, "calibrate", "measure the empty scene and write a calibration profile"
@@ -237,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_arguments(calibrate)
     calibrate.set_defaults(func=_calibrate)
 
-    from .export import add_arguments as add_export_arguments
+    from edge_matte.tools.export import add_arguments as add_export_arguments
 
     export = _command(sub, "export", "export the static networks for other runtimes")
     onnx = _command(
@@ -248,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(onnx)
     onnx.set_defaults(func=_export)
 
-    from .soak import add_arguments as add_soak_arguments
+    from edge_matte.tools.soak import add_arguments as add_soak_arguments
 
     soak = _command(
         sub, "soak", "run the daemon under load for N minutes and judge leaks and fps (opt-in)"
@@ -256,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_soak_arguments(soak)
     soak.set_defaults(func=_soak)
 
-    from .install import add_arguments as add_install_arguments
+    from edge_matte.tools.install import add_arguments as add_install_arguments
 
     install = _command(sub, "install-service", "install (or --uninstall) the systemd service")
     add_install_arguments(install)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import BaseModel  # noqa: E402
 
-from edge_matte.config import Config  # noqa: E402
+from edge_matte.config.schema import Config  # noqa: E402
 
 
 def _default(field: Any) -> str:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from fault_tools import HangingEngine
 
-from edge_matte import config as config_mod
-from edge_matte.daemon import STAGES, Daemon
+from edge_matte.config import schema as config_mod
 from edge_matte.errors import EdgeMatteError
 from edge_matte.events import Event
+from edge_matte.runtime.daemon import STAGES, Daemon
 
 _PRINT_LOCK = threading.Lock()
 

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from rtsp_tools import free_port, wait_until
 
-from edge_matte import config as config_mod
-from edge_matte.config import Config
-from edge_matte.daemon import Daemon
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config
 from edge_matte.engine import MattingEngine
 from edge_matte.engine.classic import ClassicEngine
 from edge_matte.errors import EngineError
 from edge_matte.events import Event
 from edge_matte.frames import Matte
-from edge_matte.telemetry import SystemReader
+from edge_matte.runtime.daemon import Daemon
+from edge_matte.runtime.telemetry import SystemReader
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 WAIT_S = 30.0

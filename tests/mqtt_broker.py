@@ -22,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_matte.config import MqttConfig, TlsConfig
+from edge_matte.config.schema import MqttConfig, TlsConfig
 from edge_matte.control.client import disable_nagle
 
 WAIT_S = 15.0

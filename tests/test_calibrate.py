@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_matte import profile as profile_mod
-from edge_matte.calibrate import add_arguments, calibrate, main_calibrate
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.capture.v4l2_controls import (
     CameraControls,
@@ -22,8 +20,10 @@ from edge_matte.capture.v4l2_controls import (
     parse_controls,
     v4l2_device,
 )
+from edge_matte.config import profile as profile_mod
 from edge_matte.errors import ConfigError, SourceEnded, SourceError
 from edge_matte.frames import Frame, SourceInfo
+from edge_matte.tools.calibrate import add_arguments, calibrate, main_calibrate
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (320, 240)

@@ -15,7 +15,7 @@ from rtsp_tools import CameraServer, free_port, wait_until
 
 from edge_matte.capture.opener import mask_uri, open_source
 from edge_matte.capture.resilient import ResilientSource
-from edge_matte.config import SourceConfig
+from edge_matte.config.schema import SourceConfig
 from edge_matte.errors import SourceEnded, SourceError, SourceTimeout
 from edge_matte.events import Event
 from edge_matte.frames import Frame

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import metrics
 import numpy as np
 import pytest
 
-from edge_matte import metrics, synth
-from edge_matte.config import ClassicConfig
+from edge_matte.capture import scene as synth
+from edge_matte.config.schema import ClassicConfig
 from edge_matte.engine.classic import (
     ClassicEngine,
     detection_distance,

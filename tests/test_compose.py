@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 from test_media import CLIP_COLOURS, write_clip
 
-from edge_matte.compose import Compositor, alpha_view, cover, debug_view, no_signal, parse_colour
-from edge_matte.config import ComposeConfig
+from edge_matte.config.schema import ComposeConfig
 from edge_matte.errors import MediaError
 from edge_matte.frames import Matte
+from edge_matte.output.compose import (
+    Compositor,
+    alpha_view,
+    cover,
+    debug_view,
+    no_signal,
+    parse_colour,
+)
 
 H, W = 48, 64
 BLUE = "#1e5aa0"

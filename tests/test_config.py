@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_matte import config
+from edge_matte.config import schema as config
 from edge_matte.errors import ConfigError
 
 

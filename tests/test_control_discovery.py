@@ -18,12 +18,12 @@ from ha_discovery_rules import problems
 from mqtt_broker import Broker, Probe, retained, wait_until
 from test_control_mqtt import online, running
 
-from edge_matte.config import MqttConfig
+from edge_matte.config.schema import MqttConfig
 from edge_matte.control import discovery
 from edge_matte.control.retained import fit_jpeg
 from edge_matte.control.topics import Topics
-from edge_matte.daemon import Daemon
 from edge_matte.events import KINDS
+from edge_matte.runtime.daemon import Daemon
 
 DISCOVERY = "homeassistant/+/edge_matte_dev1/+/config"
 TEMPLATES = jinja2.Environment()

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from mqtt_broker import Broker, Probe
 from test_control_mqtt import online, running
 
-from edge_matte import config as config_mod
-from edge_matte.config import Config
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config
 from edge_matte.control.payloads import known_commands
 
 DEVICE = "edge-matte/fuzz"

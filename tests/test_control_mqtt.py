@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for the script mode
 
 from mqtt_broker import Broker, Probe, make_tls_files, retained, wait_until  # noqa: E402
 
-from edge_matte import config as config_mod  # noqa: E402
-from edge_matte.config import Config, MqttConfig  # noqa: E402
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config, MqttConfig  # noqa: E402
 from edge_matte.control.mqtt import REQUEST_SLOTS, MqttControl  # noqa: E402
 from edge_matte.errors import MediaError  # noqa: E402
 from edge_matte.events import Event  # noqa: E402
-from edge_matte.telemetry import system_readings  # noqa: E402
+from edge_matte.runtime.telemetry import system_readings  # noqa: E402
 
 REFUSED_ASSET = "refused-by-daemon.png"
 

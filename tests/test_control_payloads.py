@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edge_matte.config import MqttConfig
+from edge_matte.config.schema import MqttConfig
 from edge_matte.control import discovery
 from edge_matte.control.payloads import (
     PayloadError,

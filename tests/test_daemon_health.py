@@ -19,8 +19,8 @@ from daemon_tools import DaemonProcess, NotifySocket, daemon_config, write_confi
 from fault_tools import running, small_config
 from rtsp_tools import free_port, wait_until
 
-from edge_matte.daemon import Daemon
-from edge_matte.notify import Notifier
+from edge_matte.runtime.daemon import Daemon
+from edge_matte.runtime.notify import Notifier
 
 READY_WAIT_S = 3.0
 RECONNECT = {"timeout_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
@@ -49,7 +49,7 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
 def test_missing_v4l2_camera_is_a_problem_and_ready_waits(
     tmp_path: Path, notify_socket: NotifySocket, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="edge_matte.daemon")
+    caplog.set_level(logging.WARNING, logger="edge_matte.runtime.daemon")
     caplog.set_level(logging.INFO, logger="edge_matte.capture.resilient")
     source = {**RECONNECT, "ready_wait_s": 600.0}
     config = small_config(tmp_path, "v4l2:///dev/video9", source=source)
@@ -95,7 +95,7 @@ def test_rtsp_camera_that_never_comes_ready_after_the_bounded_wait(
         assert daemon.stop() == 0
         log = daemon.log()
     assert "s3cret" not in log and not any("s3cret" in str(m) for _, m in notify_socket.received)
-    assert "WARNING edge_matte.daemon: problem: no camera" in log, log
+    assert "WARNING edge_matte.runtime.daemon: problem: no camera" in log, log
 
 
 def test_healthy_camera_has_no_problem_and_counts_its_frames(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_healthy_camera_has_no_problem_and_counts_its_frames(tmp_path: Path) -> 
 def test_an_engine_degraded_at_start_is_a_problem_in_state_and_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="edge_matte.daemon")
+    caplog.set_level(logging.WARNING, logger="edge_matte.runtime.daemon")
     weights = tmp_path / "broken.pth"
     weights.write_bytes(b"not a checkpoint")  # torch-cpu refuses it: classic takes over
     matting = {"engine": "torch-cpu", "weights": str(weights)}

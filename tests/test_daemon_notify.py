@@ -28,11 +28,11 @@ from daemon_tools import (
 )
 from rtsp_tools import free_port
 
-from edge_matte.config import Config
-from edge_matte.daemon import STAGES, Daemon
+from edge_matte.config.schema import Config
 from edge_matte.engine import MattingEngine
 from edge_matte.frames import Matte
-from edge_matte.notify import Notifier
+from edge_matte.runtime.daemon import STAGES, Daemon
+from edge_matte.runtime.notify import Notifier
 
 WATCHDOG_USEC = 400_000  # WatchdogSec=0.4: a ping every 0.2 s
 STALL_S = 1.5  # in-process: a stage silent this long withholds the pings (the daemon's is 10 s)

@@ -24,10 +24,10 @@ from mqtt_broker import Broker, Probe
 from rtsp_tools import CameraServer, free_port, read_frames, wait_until
 from x_tools import XServer, content_box, needs_x
 
-from edge_matte.config import DisplayConfig
-from edge_matte.display import Display, fit_frame
-from edge_matte.display_sinks import drm_mode, sink_candidates
+from edge_matte.config.schema import DisplayConfig
 from edge_matte.events import Event
+from edge_matte.output.display import Display, fit_frame
+from edge_matte.output.display_sinks import drm_mode, sink_candidates
 
 WAIT_S = 30.0
 GREEN = "#00ff00"  # the test daemon's background (tests/daemon_tools.py)

@@ -234,7 +234,7 @@ def test_a_failed_build_is_remembered_per_key_until_forgotten(tmp_path: Path) ->
 
 def test_run_rebuild_forgets_failed_builds(tmp_path: Path) -> None:
     from edge_matte import cli
-    from edge_matte.config import Config, MattingConfig
+    from edge_matte.config.schema import Config, MattingConfig
 
     config = Config(matting=MattingConfig(cache_dir=tmp_path))
     EngineCache(tmp_path / "engines").remember_failure(FIELDS, "no engine")

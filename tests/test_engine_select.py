@@ -13,7 +13,7 @@ import torch
 from model_builders import random_model
 from trt_tools import StandInConverter, scene
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.cache import EngineCache
 from edge_matte.engine.select import BUILDERS, EngineChain
 from edge_matte.engine.torch_engine import TorchEngine

@@ -10,8 +10,8 @@ import torch
 from model_builders import random_model
 
 from edge_matte.engine.static import FixedCountConvs, FullMatting
-from edge_matte.export import add_arguments, main_export
 from edge_matte.model import BaseNetwork, PatchRefiner, load_model
+from edge_matte.tools.export import add_arguments, main_export
 
 onnx = pytest.importorskip("onnx", reason="needs onnx (the 'onnx' extra)")
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (the 'onnx' extra)")

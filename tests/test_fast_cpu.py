@@ -14,7 +14,7 @@ import torch
 from model_builders import random_model
 from torch import nn
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.fast_cpu import (
     _NEAREST_ROWS,
     FastCpuEngine,

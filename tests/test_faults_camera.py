@@ -23,8 +23,8 @@ from fault_tools import (
 )
 from rtsp_tools import CameraServer, free_port, read_frames, wait_until
 
-from edge_matte.config import ComposeConfig
-from edge_matte.daemon import Daemon
+from edge_matte.config.schema import ComposeConfig
+from edge_matte.runtime.daemon import Daemon
 
 LOST_WITHIN_S = 5.0  # "within a few seconds"
 RECONNECT = {"timeout_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}

@@ -23,9 +23,9 @@ from model_builders import random_model
 from rtsp_tools import read_frames, wait_until
 
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
-from edge_matte.config import Config
-from edge_matte.daemon import Daemon
+from edge_matte.config.schema import Config
 from edge_matte.engine.select import BUILDERS, EngineChain
+from edge_matte.runtime.daemon import Daemon
 
 # Two subjects staggered: somebody is nearly always in view, so the engine runs on most frames.
 SCENE = "test://?subjects=2&enter_frame=0"

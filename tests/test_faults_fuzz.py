@@ -26,11 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model_builders import random_model
 
-from edge_matte import config as config_mod
-from edge_matte.config import Config, PlateConfig
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config, PlateConfig
 from edge_matte.errors import CheckpointError, ConfigError, MediaError
-from edge_matte.media import decode_image
 from edge_matte.model.checkpoint import check_fit, load_model, load_state_dict
+from edge_matte.output.media import decode_image
 from edge_matte.plate import PlateKeeper, store
 
 pytestmark = pytest.mark.timeout(180)
@@ -126,7 +126,7 @@ NASTY_CONFIGS = [
     b"source: &s {uri: test://, width: *s}\n",
     b"x: &x [*x]\n",
     b"source: !!python/object/apply:os.system [echo pwned]\n",
-    b"!!python/object:edge_matte.config.Config {}\n",
+    b"!!python/object:edge_matte.config.schema.Config {}\n",
     b"source:\n  uri: test://\x00\n",
     b"- 1\n- 2\n",
     b"--- 1\n--- 2\n",

@@ -20,8 +20,8 @@ from fault_tools import (
 )
 from rtsp_tools import StalledClient, Watcher, read_frames, wait_until
 
-from edge_matte.daemon import Daemon
-from edge_matte.soak_load import watch
+from edge_matte.runtime.daemon import Daemon
+from edge_matte.tools.soak_load import watch
 
 CYCLES = 200
 SETTLE_S = 20.0  # a stalled session expires after 10 s; GStreamer tasks end a little later

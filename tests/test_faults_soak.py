@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_matte.soak import Reading, add_arguments, judge, main_soak
+from edge_matte.tools.soak import Reading, add_arguments, judge, main_soak
 
 
 def reading(

@@ -23,11 +23,11 @@ import pytest
 from fault_tools import output_frames, running, small_config
 from rtsp_tools import wait_until
 
-from edge_matte import config as config_mod
-from edge_matte import overrides
-from edge_matte.daemon import Daemon
+from edge_matte.config import schema as config_mod
+from edge_matte.control import overrides
 from edge_matte.errors import StorageError
 from edge_matte.plate import PlateKeeper, store
+from edge_matte.runtime.daemon import Daemon
 
 MOUNT_BYTES = 4 * 2**20
 KILLS = 150
@@ -170,7 +170,7 @@ _WRITER = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from edge_matte import config as config_mod
+from edge_matte.config import schema as config_mod
 from edge_matte.plate import store
 
 def write(directory, first, stop):
@@ -299,7 +299,8 @@ def test_kill_9_at_every_rename_and_fsync_leaves_old_or_new(tmp_path: Path, name
 # Saves the overrides a remote change of compose.mode to blur makes (argv: the state directory).
 _OVERRIDES_WRITER = """
 import sys
-from edge_matte import config as config_mod, overrides
+from edge_matte.config import schema as config_mod
+from edge_matte.control import overrides
 operator = config_mod.parse({"state_dir": sys.argv[1]})
 blur = config_mod.apply_patch(operator, {"compose": {"mode": "blur"}})
 overrides.save(operator, blur, overrides.path_for(operator))

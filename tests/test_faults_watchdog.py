@@ -23,8 +23,8 @@ from daemon_tools import DaemonProcess, NotifySocket, daemon_config, write_confi
 from fault_tools import WAIT_S
 from rtsp_tools import free_port, read_frames
 
-from edge_matte import overrides
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
+from edge_matte.control import overrides
 from edge_matte.plate import store
 
 WATCHDOG_USEC = 1_000_000  # WatchdogSec=1: a ping every 0.5 s

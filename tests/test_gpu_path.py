@@ -15,7 +15,7 @@ import torch
 from model_builders import random_model
 from trt_tools import scene
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.choose import FastestChoice
 from edge_matte.engine.cuda_graph import GraphEngine
 from edge_matte.engine.graphs import StaticGraph

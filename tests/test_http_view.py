@@ -40,8 +40,8 @@ from daemon_tools import (
 )
 from rtsp_tools import CameraServer, free_port, wait_until
 
-from edge_matte.config import HttpConfig
-from edge_matte.http_view import HttpView
+from edge_matte.config.schema import HttpConfig
+from edge_matte.output.http_view import HttpView
 
 WAIT_S = 30.0
 GREEN = "#00ff00"
@@ -327,7 +327,7 @@ def test_clients_resetting_mid_request_leave_one_log_line_each_not_a_traceback(
     connection: any client could fill the journal by resetting connections mid-request."""
     view = HttpView(HttpConfig(enabled=True, port=free_port()), dict)
     view.start()
-    caplog.set_level(logging.DEBUG, logger="edge_matte.http_view")
+    caplog.set_level(logging.DEBUG, logger="edge_matte.output.http_view")
     try:
         for _ in range(5):
             sock = socket.create_connection(("127.0.0.1", view.port))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_matte import install
 from edge_matte.errors import ConfigError
+from edge_matte.tools import install
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-sysusers") is None or shutil.which("systemctl") is None,

@@ -16,7 +16,7 @@ import pytest
 from edge_matte.capture import jetson_source
 from edge_matte.capture.jetson_source import STALL_LOG_S, JetsonGrabber
 from edge_matte.capture.opener import open_source
-from edge_matte.config import SourceConfig
+from edge_matte.config.schema import SourceConfig
 from edge_matte.errors import SourceError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -21,7 +21,7 @@ import pytest
 from daemon_tools import START_S, STOP_S, NotifySocket, prepared
 
 from edge_matte.events import Event, level
-from edge_matte.logs import JournalFormatter, syslog_priority
+from edge_matte.runtime.logs import JournalFormatter, syslog_priority
 
 PRIORITY = re.compile(r"^<([0-7])>")
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_matte.errors import MediaError
-from edge_matte.media import (
+from edge_matte.output.media import (
     VideoLoop,
     decode_image,
     is_video,

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from edge_matte import memory
+from edge_matte.runtime import memory
 
 # Each of 6 threads, all alive at once, allocates (and keeps) blocks through malloc; glibc gives
 # each new thread an arena of its own while under the cap. malloc_info lists one <heap> per arena.
 _ARENAS = """
 import ctypes, os, sys, tempfile, threading
-from edge_matte import memory
+from edge_matte.runtime import memory
 print(memory.limit_arenas())
 kept = []
 together = threading.Barrier(6)
@@ -57,7 +57,7 @@ def test_arenas_are_capped_unless_the_environment_says_otherwise() -> None:
 # (malloc itself: numpy would ask for huge pages, which fault 512 times less often.)
 _REUSE = """
 import ctypes, resource, sys
-from edge_matte import memory
+from edge_matte.runtime import memory
 print(memory.keep_freed_memory() if sys.argv[1] == "tune" else "untuned")
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

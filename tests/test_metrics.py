@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import metrics
 import numpy as np
 import pytest
-
-from edge_matte import metrics
 
 
 def test_sad_is_the_absolute_sum_in_thousands() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_matte.notify import Heartbeat, Notifier
+from edge_matte.runtime.notify import Heartbeat, Notifier
 
 WAIT_S = 5.0  # generous deadline for a datagram that should arrive
 

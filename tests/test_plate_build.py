@@ -10,7 +10,7 @@ import pytest
 
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.cli import main
-from edge_matte.config import PlateConfig
+from edge_matte.config.schema import PlateConfig
 from edge_matte.errors import MediaError, SourceEnded
 from edge_matte.frames import Frame, SourceInfo
 from edge_matte.plate import build_plate

@@ -29,9 +29,9 @@ from rtsp_tools import read_frames
 from test_capture import Recorder
 from test_file_playback import run_cli
 
-from edge_matte.daemon import Daemon
 from edge_matte.plate.health import PlateHealth
 from edge_matte.plate.store import PlateFile
+from edge_matte.runtime.daemon import Daemon
 
 VTEST_FPS = 10.0
 GREEN = "#00ff00"

@@ -18,7 +18,8 @@ import pytest
 from model_builders import random_model
 
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
-from edge_matte.config import PlateConfig
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import PlateConfig
 from edge_matte.engine.fast_cpu import FastCpuEngine
 from edge_matte.engine.region import RegionEngine
 from edge_matte.errors import MediaError
@@ -28,7 +29,6 @@ from edge_matte.plate import PlateKeeper, PlateState
 from edge_matte.plate.build import MedianCapture
 from edge_matte.plate.detect import PersonVeto
 from edge_matte.plate.maker import READY_KNOWN
-from edge_matte.profile import Profile
 
 WIDTH, HEIGHT = 320, 180
 CONFIG = PlateConfig(stillness_s=1.0)  # the scripted empty gaps are 2 s long

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from edge_matte.config.profile import Profile
 from edge_matte.plate.detect import NoiseModel
 from edge_matte.plate.grid import Grid
-from edge_matte.profile import Profile
 
 GRID = Grid(640, 360)
 

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_matte import synth
-from edge_matte.config import MattingConfig, PlateConfig
+from edge_matte.capture import scene as synth
+from edge_matte.config.schema import MattingConfig, PlateConfig
 from edge_matte.engine.classic import ClassicEngine
 from edge_matte.errors import SourceEnded
 from edge_matte.events import Event

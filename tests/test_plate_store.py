@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
-from edge_matte.config import PlateConfig
+from edge_matte.config.schema import PlateConfig
 from edge_matte.errors import MediaError
 from edge_matte.events import Event
 from edge_matte.frames import Matte

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from edge_matte.events import KINDS, Event
-from edge_matte.presence import Presence
+from edge_matte.runtime.presence import Presence
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_matte"
 

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_matte import checks, overrides, redact, remote, uploads
-from edge_matte import config as config_mod
-from edge_matte import profile as profile_mod
-from edge_matte.config import Config
+from edge_matte.config import profile as profile_mod
+from edge_matte.config import redact
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config
+from edge_matte.control import overrides, remote
 from edge_matte.errors import ConfigError, MediaError
+from edge_matte.runtime import checks, uploads
 
 
 def patched(config: Config, patch: dict[str, Any]) -> Config:

@@ -16,11 +16,11 @@ from fault_tools import running, small_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_matte import checks, overrides, remote
-from edge_matte.config import Config
-from edge_matte.control import handlers
-from edge_matte.daemon import Daemon
+from edge_matte.config.schema import Config
+from edge_matte.control import handlers, overrides, remote
 from edge_matte.errors import EdgeMatteError
+from edge_matte.runtime import checks
+from edge_matte.runtime.daemon import Daemon
 
 KEYS = sorted(remote.flatten(Config().model_dump()))
 VALUES = st.one_of(

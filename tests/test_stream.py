@@ -20,9 +20,9 @@ from rtsp_tools import (
     wait_until,
 )
 
-from edge_matte.config import StreamConfig
+from edge_matte.config.schema import StreamConfig
 from edge_matte.errors import EdgeMatteError, MediaError
-from edge_matte.stream import RtspServer, encoder_chain
+from edge_matte.output.stream import RtspServer, encoder_chain
 
 WIDTH, HEIGHT, FPS = 320, 240, 20
 # Four flat blocks (BGR): codec error on flat areas stays well under the tolerance.

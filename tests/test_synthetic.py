@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from edge_matte import synth
+from edge_matte.capture import scene as synth
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource, parse_uri
 from edge_matte.errors import ConfigError, SourceError, SourceTimeout
 

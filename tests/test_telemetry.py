@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_matte.telemetry import SystemReader, system_readings
+from edge_matte.runtime.telemetry import SystemReader, system_readings
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

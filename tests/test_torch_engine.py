@@ -12,7 +12,7 @@ import torch
 from model_builders import random_model
 from torch import nn
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.torch_engine import TorchEngine
 from edge_matte.errors import CheckpointError, EngineError, MediaError
 

@@ -24,12 +24,12 @@ from test_notify import WAIT_S, Listener
 from torch import nn
 from trt_tools import StandInConverter, scene
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.cache import EngineCache
 from edge_matte.engine.torch_engine import TorchEngine
 from edge_matte.engine.trt import BUILD_EXTEND_S, ENVIRONMENT_FIELDS, Torch2TrtConverter, TrtEngine
 from edge_matte.errors import EngineError
-from edge_matte.notify import Notifier
+from edge_matte.runtime.notify import Notifier
 
 SAMPLE_PIXELS = 1600  # k = 100 patches of 4x4
 HAVE_CUDA = torch.cuda.is_available()

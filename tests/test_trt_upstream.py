@@ -20,7 +20,7 @@ import torch
 from model_builders import random_model
 from torch import nn
 
-from edge_matte.config import MattingConfig
+from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.cache import EngineCache
 from edge_matte.engine.select import BUILDERS, EngineChain
 from edge_matte.engine.static import base_example, patch_examples

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_matte import install
+from edge_matte.tools import install
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (Debian package systemd)"

@@ -28,8 +28,8 @@ from rtsp_tools import Watcher, free_port, read_frames
 from test_daemon import FrameCounter
 from test_daemon_mqtt import BASE, config_set, online, state
 
-from edge_matte import overrides
-from edge_matte.compose import privacy_blur
+from edge_matte.control import overrides
+from edge_matte.output.compose import privacy_blur
 
 GREEN = "#00ff00"
 FPS = 15

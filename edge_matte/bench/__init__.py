@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_bench_arguments
+from edge_matte.bench.options import add_bench_arguments
 
 __all__ = ["add_bench_arguments", "bench_command"]
 
 
 def bench_command(args: argparse.Namespace) -> int:
     """Run the benchmark for parsed `edge-matte bench` arguments (torch is imported only now)."""
-    from .command import run
+    from edge_matte.bench.command import run
 
     return run(args)

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MattingConfig
-from ..engine import MattingEngine
-from ..engine.classic import ClassicEngine
-from ..engine.fast_cpu import FastCpuEngine
-from ..engine.torch_engine import TorchEngine
-from ..frames import Matte
-from ..model.checkpoint import load_model
-from ..model.model import MattingRefine
-from ..model.random_weights import random_model
+from edge_matte.config.schema import MattingConfig
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.classic import ClassicEngine
+from edge_matte.engine.fast_cpu import FastCpuEngine
+from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.frames import Matte
+from edge_matte.model.checkpoint import load_model
+from edge_matte.model.model import MattingRefine
+from edge_matte.model.random_weights import random_model
 
 _Builder = Callable[[MattingRefine, int], MattingEngine]
 _BUILDERS: dict[str, _Builder] = {

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from ..engine.openmp import on_passing_thread
-from .measure import Row, machine
-from .model_rows import model_rows
-from .options import Settings
-from .output_rows import output_rows
-from .pipeline_rows import pipeline_row, pipeline_weights
-from .report import print_report, write_json
+from edge_matte.bench.measure import Row, machine
+from edge_matte.bench.model_rows import model_rows
+from edge_matte.bench.options import Settings
+from edge_matte.bench.output_rows import output_rows
+from edge_matte.bench.pipeline_rows import pipeline_row, pipeline_weights
+from edge_matte.bench.report import print_report, write_json
+from edge_matte.engine.openmp import on_passing_thread
 
 
 def run(args: argparse.Namespace) -> int:

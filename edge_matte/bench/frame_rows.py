@@ -16,20 +16,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..capture.synthetic import SceneScript, SyntheticSource
-from ..compose import Compositor
-from ..config import ComposeConfig, PlateConfig
-from ..engine import MattingEngine
-from ..engine.region import RegionEngine
-from ..errors import EdgeMatteError
-from ..events import log_only
-from ..frames import Frame, Matte
-from ..plate import PlateKeeper
-from ..plate.detect import NoiseModel
-from ..plate.estimator import BackgroundEstimator
-from ..plate.grid import Grid
-from .measure import Spec
-from .scenes import Scene, coverage_scene
+from edge_matte.bench.measure import Spec
+from edge_matte.bench.scenes import Scene, coverage_scene
+from edge_matte.capture.synthetic import SceneScript, SyntheticSource
+from edge_matte.config.schema import ComposeConfig, PlateConfig
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.region import RegionEngine
+from edge_matte.errors import EdgeMatteError
+from edge_matte.events import log_only
+from edge_matte.frames import Frame, Matte
+from edge_matte.output.compose import Compositor
+from edge_matte.plate import PlateKeeper
+from edge_matte.plate.detect import NoiseModel
+from edge_matte.plate.estimator import BackgroundEstimator
+from edge_matte.plate.grid import Grid
 
 
 def frame_specs(

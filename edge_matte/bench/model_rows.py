@@ -12,17 +12,17 @@ import sys
 import numpy as np
 import torch
 
-from ..engine import MattingEngine
-from ..engine.fast_cpu import FastCpuEngine
-from ..engine.torch_engine import TorchEngine
-from ..model.model import MattingRefine
-from .backends import PlainEngine, bench_model, build
-from .catalog import TOLERANCES
-from .frame_rows import frame_specs
-from .measure import Row, Spec, measure
-from .options import Settings
-from .region_rows import region_specs
-from .scenes import SIZES, Scene, coverage_scene
+from edge_matte.bench.backends import PlainEngine, bench_model, build
+from edge_matte.bench.catalog import TOLERANCES
+from edge_matte.bench.frame_rows import frame_specs
+from edge_matte.bench.measure import Row, Spec, measure
+from edge_matte.bench.options import Settings
+from edge_matte.bench.region_rows import region_specs
+from edge_matte.bench.scenes import SIZES, Scene, coverage_scene
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.fast_cpu import FastCpuEngine
+from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.model.model import MattingRefine
 
 
 def model_rows(label: str, settings: Settings) -> list[Row]:

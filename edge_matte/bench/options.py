@@ -6,8 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import BACKENDS, unavailable
-from .scenes import SIZES
+from edge_matte.bench.catalog import BACKENDS, unavailable
+from edge_matte.bench.scenes import SIZES
 
 
 @dataclass(frozen=True)

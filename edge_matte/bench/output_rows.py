@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..capture.synthetic import SyntheticSource, parse_uri
-from ..config import DisplayConfig, StreamConfig
-from ..display import Screen, fit_frame
-from ..errors import EdgeMatteError
-from ..mjpeg import JpegFeed
-from ..stream import RtspServer
-from .measure import Row, cpu_seconds, peak_rss_mb, reset_peak_rss
-from .pipeline_rows import _free_port, _rtsp_client
-from .scenes import SIZES
+from edge_matte.bench.measure import Row, cpu_seconds, peak_rss_mb, reset_peak_rss
+from edge_matte.bench.pipeline_rows import _free_port, _rtsp_client
+from edge_matte.bench.scenes import SIZES
+from edge_matte.capture.synthetic import SyntheticSource, parse_uri
+from edge_matte.config.schema import DisplayConfig, StreamConfig
+from edge_matte.errors import EdgeMatteError
+from edge_matte.output.display import Screen, fit_frame
+from edge_matte.output.mjpeg import JpegFeed
+from edge_matte.output.stream import RtspServer
 
 RATE = 30.0
 BUDGET_MS = 1000.0 / RATE

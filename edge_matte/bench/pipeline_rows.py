@@ -41,19 +41,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..capture.synthetic import SyntheticSource, parse_uri
-from ..config import Config
-from ..engine.openmp import on_passing_thread
-from ..engine.region import RegionEngine
-from ..engine.select import EngineChain
-from ..errors import EdgeMatteError
-from ..events import log_only
-from ..frames import Frame
-from ..model.random_weights import random_model
-from ..pipeline import Pipeline
-from .measure import Row, Spec, cpu_seconds, measure, peak_rss_mb, reset_peak_rss
-from .options import Settings
-from .scenes import SIZES
+from edge_matte.bench.measure import Row, Spec, cpu_seconds, measure, peak_rss_mb, reset_peak_rss
+from edge_matte.bench.options import Settings
+from edge_matte.bench.scenes import SIZES
+from edge_matte.capture.synthetic import SyntheticSource, parse_uri
+from edge_matte.config.schema import Config
+from edge_matte.engine.openmp import on_passing_thread
+from edge_matte.engine.region import RegionEngine
+from edge_matte.engine.select import EngineChain
+from edge_matte.errors import EdgeMatteError
+from edge_matte.events import log_only
+from edge_matte.frames import Frame
+from edge_matte.model.random_weights import random_model
+from edge_matte.runtime.pipeline import Pipeline
 
 SCENE_URI = "test://?present_from_start=true&leave=false"  # one subject, always in view
 SOURCE_RATE = 1.5  # source fps over model-only fps

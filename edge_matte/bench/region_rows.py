@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import MattingEngine
-from ..engine.region import RegionEngine, alpha_box
-from .measure import Spec
-from .scenes import COVERAGES, Scene, coverage_scene
+from edge_matte.bench.measure import Spec
+from edge_matte.bench.scenes import COVERAGES, Scene, coverage_scene
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.region import RegionEngine, alpha_box
 
 
 def region_specs(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .measure import Row
+from edge_matte.bench.measure import Row
 
 _COLUMNS = (  # (field, heading, decimals)
     ("median_ms", "med ms", 1),

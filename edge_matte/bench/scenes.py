@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .. import synth
+from edge_matte.capture import scene as synth
 
 SIZES = {"480p": (640, 480), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 COVERAGES = (0.10, 0.25, 0.50, 1.00)

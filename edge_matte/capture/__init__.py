@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..frames import Frame, SourceInfo
+from edge_matte.frames import Frame, SourceInfo
 
 
 class FrameSource(Protocol):

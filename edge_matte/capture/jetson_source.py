@@ -24,8 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import SourceError
-from ..frames import SourceInfo
+from edge_matte.errors import SourceError
+from edge_matte.frames import SourceInfo
 
 _LOG = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import SourceEnded, SourceError
-from ..frames import SourceInfo
+from edge_matte.errors import SourceEnded, SourceError
+from edge_matte.frames import SourceInfo
 
 _LOG = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from urllib.parse import unquote, urlsplit
 import cv2
 import numpy as np
 
-from ..config import SourceConfig
-from ..errors import SourceError, SourceTimeout
-from ..frames import Frame, SourceInfo
-from ..redact import mask_uri
-from . import FrameSource
-from .jetson_source import JetsonGrabber, jetson_utils_usable
-from .opencv_source import open_file, open_rtsp, open_v4l2
+from edge_matte.capture import FrameSource
+from edge_matte.capture.jetson_source import JetsonGrabber, jetson_utils_usable
+from edge_matte.capture.opencv_source import open_file, open_rtsp, open_v4l2
+from edge_matte.config.redact import mask_uri
+from edge_matte.config.schema import SourceConfig
+from edge_matte.errors import SourceError, SourceTimeout
+from edge_matte.frames import Frame, SourceInfo
 
 _LOG = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _open_grabber(config: SourceConfig, label: str) -> Grabber:
 def open_source(config: SourceConfig) -> FrameSource:
     """Open the source `config.uri` names; SourceError (with the URI masked) if it cannot."""
     if config.uri.startswith("test://"):
-        from .synthetic import SyntheticSource, parse_uri
+        from edge_matte.capture.synthetic import SyntheticSource, parse_uri
 
         return SyntheticSource(parse_uri(config.uri, config.width, config.height, config.fps))
     label = mask_uri(config.uri)

@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..config import SourceConfig
-from ..errors import SourceEnded, SourceError, SourceTimeout
-from ..events import Emit, Event
-from ..frames import Frame, SourceInfo
-from ..redact import mask_uri
-from . import FrameSource
+from edge_matte.capture import FrameSource
+from edge_matte.config.redact import mask_uri
+from edge_matte.config.schema import SourceConfig
+from edge_matte.errors import SourceEnded, SourceError, SourceTimeout
+from edge_matte.events import Emit, Event
+from edge_matte.frames import Frame, SourceInfo
 
 _LOG = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import cv2
 import numpy as np
 
-from .. import synth
-from ..errors import ConfigError, SourceError, SourceTimeout
-from ..frames import Frame, SourceInfo
+from edge_matte.capture import scene as synth
+from edge_matte.errors import ConfigError, SourceError, SourceTimeout
+from edge_matte.frames import Frame, SourceInfo
 
 _LOG = logging.getLogger(__name__)
 _NOISE_PAD = 32  # per-frame noise offsets range over 32x32 positions of one pre-drawn field

@@ -22,6 +22,6 @@ background/set {"name": "file.png"} or {"image_base64": "..."}. Retained request
 (MQTT 5 subscriptions keep the flag of live retained messages); empty payloads are ignored.
 """
 
-from .api import DAEMON_COMMANDS, ControlApi
+from edge_matte.control.api import DAEMON_COMMANDS, ControlApi
 
 __all__ = ["DAEMON_COMMANDS", "ControlApi"]

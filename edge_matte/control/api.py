@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..config import Config
+from edge_matte.config.schema import Config
 
 # Commands the daemon executes through `ControlApi.command`. `snapshot` is answered by the
 # control itself with `snapshot_jpeg`, so it is not in this list.
@@ -39,7 +39,7 @@ class ControlApi(Protocol):
 
     def telemetry(self) -> dict[str, Any]:
         """Per-stage fps, latency p50/p95, dropped frames, inference ms, RTSP clients and the
-        system readings of `edge_matte.telemetry` (JSON-serialisable)."""
+        system readings of `edge_matte.runtime.telemetry` (JSON-serialisable)."""
         ...
 
     def config(self) -> Config:
@@ -47,7 +47,7 @@ class ControlApi(Protocol):
         ...
 
     def apply_config(self, config: Config) -> None:
-        """Refuse changes to device-only keys (`edge_matte.remote`), save the change to the
+        """Refuse changes to device-only keys (`edge_matte.control.remote`), save the change to the
         overrides file, then apply it live (or restart the affected stage).
 
         Raise EdgeMatteError (ConfigError/StorageError/MediaError) and change nothing on failure.

@@ -15,9 +15,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..config import MqttConfig, TlsConfig
-from ..errors import ConfigError
-from .topics import Topics
+from edge_matte.config.schema import MqttConfig, TlsConfig
+from edge_matte.control.topics import Topics
+from edge_matte.errors import ConfigError
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60

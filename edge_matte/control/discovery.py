@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 from typing import Any, get_args
 
-from .. import __version__
-from ..config import ComposeConfig, MqttConfig
-from ..events import KINDS
-from ..plate import PlateState
-from ..redact import mask
-from .topics import AUTO_REFRESH_SET, CMD_PREFIX, CONFIG_SET, Topics
+from edge_matte import __version__
+from edge_matte.config.redact import mask
+from edge_matte.config.schema import ComposeConfig, MqttConfig
+from edge_matte.control.topics import AUTO_REFRESH_SET, CMD_PREFIX, CONFIG_SET, Topics
+from edge_matte.events import KINDS
+from edge_matte.plate import PlateState
 
 ORIGIN = {"name": "edge-matte", "sw_version": __version__}
 DIAGNOSTIC = {"entity_category": "diagnostic"}

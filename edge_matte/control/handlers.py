@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .. import config as config_mod
-from ..errors import ConfigError, EdgeMatteError
-from ..redact import mask, shorten
-from . import payloads
-from .api import ControlApi
-from .payloads import PayloadError
-from .topics import AUTO_REFRESH_SET, CMD_PREFIX, CMD_RESULT, CONFIG_SET
+from edge_matte.config import schema as config_mod
+from edge_matte.config.redact import mask, shorten
+from edge_matte.control import payloads
+from edge_matte.control.api import ControlApi
+from edge_matte.control.payloads import PayloadError
+from edge_matte.control.topics import AUTO_REFRESH_SET, CMD_PREFIX, CMD_RESULT, CONFIG_SET
+from edge_matte.errors import ConfigError, EdgeMatteError
 
 _LOG = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..config import MqttConfig
-from ..errors import ConfigError, EdgeMatteError
-from ..events import Event
-from ..redact import mask_data
-from . import discovery, handlers
-from .api import ControlApi
-from .client import Client, build_client, disable_nagle
-from .retained import Pacer, Retained, fit_jpeg
-from .topics import Topics
+from edge_matte.config.redact import mask_data
+from edge_matte.config.schema import MqttConfig
+from edge_matte.control import discovery, handlers
+from edge_matte.control.api import ControlApi
+from edge_matte.control.client import Client, build_client, disable_nagle
+from edge_matte.control.retained import Pacer, Retained, fit_jpeg
+from edge_matte.control.topics import Topics
+from edge_matte.errors import ConfigError, EdgeMatteError
+from edge_matte.events import Event
 
 _LOG = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EdgeMatteError
+from edge_matte.errors import EdgeMatteError
 
 MAX_DEPTH = 32
 MAX_ID_CHARS = 128

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import MqttConfig
+from edge_matte.config.schema import MqttConfig
 
 CONFIG_SET = "config/set"
 CMD_PREFIX = "cmd/"

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..frames import Matte
+from edge_matte.frames import Matte
 
 
 class MattingEngine(Protocol):

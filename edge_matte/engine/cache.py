@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from .. import atomic
-from ..errors import StorageError
+from edge_matte import atomic
+from edge_matte.errors import StorageError
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..errors import EngineError
-from ..frames import Matte
-from . import MattingEngine
+from edge_matte.engine import MattingEngine
+from edge_matte.errors import EngineError
+from edge_matte.frames import Matte
 
 _LOG = logging.getLogger(__name__)
 

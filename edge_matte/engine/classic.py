@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..config import ClassicConfig
-from ..errors import EngineError
-from ..frames import Matte
+from edge_matte.config.schema import ClassicConfig
+from edge_matte.errors import EngineError
+from edge_matte.frames import Matte
 
 _LOG = logging.getLogger(__name__)
 _WORK_SIDE = 640  # long side of the working resolution

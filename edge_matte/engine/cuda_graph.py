@@ -19,13 +19,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..config import MattingConfig
-from ..errors import EngineError
-from . import MattingEngine
-from .graphs import StaticGraph
-from .static import FixedCountConvs, default_patch_count
-from .sync_free import SyncFreeRefiner
-from .torch_engine import TorchEngine
+from edge_matte.config.schema import MattingConfig
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.graphs import StaticGraph
+from edge_matte.engine.static import FixedCountConvs, default_patch_count
+from edge_matte.engine.sync_free import SyncFreeRefiner
+from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.errors import EngineError
 
 _PRECISIONS = {torch.float16: "fp16", torch.float32: "fp32"}
 

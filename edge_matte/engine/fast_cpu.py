@@ -51,12 +51,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..config import MattingConfig
-from ..errors import EngineError
-from ..model.fuse import fold_batchnorm
-from ..model.model import BaseNetwork, MattingBase, MattingRefine
-from ..model.refiner import PATCH, ConvsFn, Index, Refiner, replace_patch
-from .torch_engine import TorchEngine
+from edge_matte.config.schema import MattingConfig
+from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.errors import EngineError
+from edge_matte.model.fuse import fold_batchnorm
+from edge_matte.model.model import BaseNetwork, MattingBase, MattingRefine
+from edge_matte.model.refiner import PATCH, ConvsFn, Index, Refiner, replace_patch
 
 _LOG = logging.getLogger(__name__)
 

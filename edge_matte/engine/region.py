@@ -49,10 +49,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..frames import Matte
-from ..model.refiner import PATCH
-from . import MattingEngine
-from .torch_engine import check_images, immutable
+from edge_matte.engine import MattingEngine
+from edge_matte.engine.torch_engine import check_images, immutable
+from edge_matte.frames import Matte
+from edge_matte.model.refiner import PATCH
 
 _LOG = logging.getLogger(__name__)
 

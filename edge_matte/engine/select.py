@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ..config import Config, MattingConfig
-from ..errors import CheckpointError, EngineError
-from ..events import Emit, Event
-from ..frames import Matte
-from ..notify import Notifier
-from ..profile import Profile
-from . import MattingEngine
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import Config, MattingConfig
+from edge_matte.engine import MattingEngine
+from edge_matte.errors import CheckpointError, EngineError
+from edge_matte.events import Emit, Event
+from edge_matte.frames import Matte
+from edge_matte.runtime.notify import Notifier
 
 _LOG = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ Builder = Callable[[MattingConfig, "Profile | None"], MattingEngine]
 
 def _build_trt(config: MattingConfig, profile: Profile | None) -> MattingEngine:
     try:
-        from .trt import TrtEngine, engine_cache  # torch2trt exists only on Jetsons
+        from edge_matte.engine.trt import (  # torch2trt exists only on Jetsons
+            TrtEngine,
+            engine_cache,
+        )
     except ImportError as err:
         raise EngineError(f"trt: not available here ({err})") from err
     cache = engine_cache(Config(matting=config).resolved_cache_dir() / "engines")
@@ -41,8 +44,8 @@ def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> Matting
 
     if not torch.cuda.is_available():
         raise EngineError("torch-cuda: no CUDA device is available")
-    from .choose import FastestChoice
-    from .cuda_graph import cuda_variants
+    from edge_matte.engine.choose import FastestChoice
+    from edge_matte.engine.cuda_graph import cuda_variants
 
     # Region inference and FP16 are each faster on some GPUs and slower on others: each variant
     # is timed at `prepare`; today's default (FP16 with regions) runs until then.
@@ -52,11 +55,11 @@ def _build_torch_cuda(config: MattingConfig, profile: Profile | None) -> Matting
 
 def _build_torch_cpu(config: MattingConfig, profile: Profile | None) -> MattingEngine:
     if config.cpu_optimize:
-        from .fast_cpu import FastCpuEngine
+        from edge_matte.engine.fast_cpu import FastCpuEngine
 
         engine: MattingEngine = FastCpuEngine(config, backend=config.cpu_backend)
     else:
-        from .torch_engine import TorchEngine
+        from edge_matte.engine.torch_engine import TorchEngine
 
         engine = TorchEngine(config, device="cpu")
     return _with_region(engine, config)
@@ -66,14 +69,14 @@ def _with_region(engine: MattingEngine, config: MattingConfig) -> MattingEngine:
     """Subject-region inference around a torch engine (not TensorRT: its shapes are fixed)."""
     if not config.region.enabled:
         return engine
-    from .region import RegionEngine
+    from edge_matte.engine.region import RegionEngine
 
     settings = config.region.model_dump(exclude={"enabled"})
     return RegionEngine(engine, config.backbone_scale, **settings)
 
 
 def _build_classic(config: MattingConfig, profile: Profile | None) -> MattingEngine:
-    from .classic import ClassicEngine
+    from edge_matte.engine.classic import ClassicEngine
 
     return ClassicEngine(config.classic, noise_floor=profile.noise_floor if profile else None)
 

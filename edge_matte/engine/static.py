@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..model.model import BASE_IN_CHANNELS, MattingRefine
-from ..model.refiner import PATCH, ConvsFn, Refiner
+from edge_matte.model.model import BASE_IN_CHANNELS, MattingRefine
+from edge_matte.model.refiner import PATCH, ConvsFn, Refiner
 
 
 class FixedCountConvs:

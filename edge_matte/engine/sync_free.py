@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..model.refiner import PATCH, ConvsFn, Refiner, _half_resolution, crop_patch, replace_patch
+from edge_matte.model.refiner import (
+    PATCH,
+    ConvsFn,
+    Refiner,
+    _half_resolution,
+    crop_patch,
+    replace_patch,
+)
 
 
 class SyncFreeRefiner(Refiner):

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import MattingConfig
-from ..errors import EngineError, MediaError
-from ..frames import Matte
-from ..model.checkpoint import load_model
-from ..model.model import MattingRefine
-from ..model.refiner import PATCH
+from edge_matte.config.schema import MattingConfig
+from edge_matte.errors import EngineError, MediaError
+from edge_matte.frames import Matte
+from edge_matte.model.checkpoint import load_model
+from edge_matte.model.model import MattingRefine
+from edge_matte.model.refiner import PATCH
 
 _LOG = logging.getLogger(__name__)
 

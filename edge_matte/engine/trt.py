@@ -49,22 +49,22 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ..config import MattingConfig
-from ..errors import EngineError
-from ..model.checkpoint import weights_digest
-from ..model.model import BaseFn, BaseNetwork, MattingRefine, PatchRefiner
-from ..model.refiner import ConvsFn
-from ..notify import Notifier
-from . import trt_converters
-from .cache import EngineCache
-from .static import (
+from edge_matte.config.schema import MattingConfig
+from edge_matte.engine import trt_converters
+from edge_matte.engine.cache import EngineCache
+from edge_matte.engine.static import (
     FixedCountConvs,
     base_example,
     default_patch_count,
     full_examples,
     patch_examples,
 )
-from .torch_engine import TorchEngine
+from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.errors import EngineError
+from edge_matte.model.checkpoint import weights_digest
+from edge_matte.model.model import BaseFn, BaseNetwork, MattingRefine, PatchRefiner
+from edge_matte.model.refiner import ConvsFn
+from edge_matte.runtime.notify import Notifier
 
 _LOG = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@
 `checkpoint` loads the official weights safely and strictly.
 """
 
-from .checkpoint import load_model, load_state_dict, weights_digest
-from .model import BaseNetwork, MattingBase, MattingRefine, PatchRefiner
+from edge_matte.model.checkpoint import load_model, load_state_dict, weights_digest
+from edge_matte.model.model import BaseNetwork, MattingBase, MattingRefine, PatchRefiner
 
 __all__ = [
     "BaseNetwork",

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
-from .model import MattingRefine
+from edge_matte.errors import CheckpointError
+from edge_matte.model.model import MattingRefine
 
 _LOG = logging.getLogger(__name__)
 

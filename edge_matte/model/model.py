@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .aspp import ASPP
-from .decoder import Decoder
-from .mobilenetv2 import MobileNetV2Encoder
-from .refiner import PATCH, ConvsFn, Refiner
+from edge_matte.model.aspp import ASPP
+from edge_matte.model.decoder import Decoder
+from edge_matte.model.mobilenetv2 import MobileNetV2Encoder
+from edge_matte.model.refiner import PATCH, ConvsFn, Refiner
 
 BACKBONES = ("mobilenetv2",)
 BASE_IN_CHANNELS = 6  # source RGB + background RGB

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import MattingRefine
+from edge_matte.model.model import MattingRefine
 
 
 def random_model(seed: int = 0, **kwargs) -> MattingRefine:

@@ -4,7 +4,7 @@
 recording for `edge-matte plate build`.
 """
 
-from .keeper import PlateKeeper, PlateState
-from .offline import build_plate
+from edge_matte.plate.keeper import PlateKeeper, PlateState
+from edge_matte.plate.recording import build_plate
 
 __all__ = ["PlateKeeper", "PlateState", "build_plate"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .grid import Grid, grey
+from edge_matte.plate.grid import Grid, grey
 
 MIN_RESPONSE = 0.1  # phase-correlation peaks weaker than this are not trusted
 _MIN_BACKGROUND = 0.5  # below this background fraction the mask is not used

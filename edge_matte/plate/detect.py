@@ -20,8 +20,8 @@ from collections import deque
 import cv2
 import numpy as np
 
-from ..profile import Profile
-from .grid import Grid
+from edge_matte.config.profile import Profile
+from edge_matte.plate.grid import Grid
 
 _LOG = logging.getLogger(__name__)
 _QUANTISATION = 0.29  # std of rounding the shrunken image to integers

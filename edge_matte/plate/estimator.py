@@ -46,9 +46,9 @@ import threading
 import cv2
 import numpy as np
 
-from .detect import NoiseModel
-from .drift import gain_cells, measure_gain
-from .grid import Grid
+from edge_matte.plate.detect import NoiseModel
+from edge_matte.plate.drift import gain_cells, measure_gain
+from edge_matte.plate.grid import Grid
 
 _LOG = logging.getLogger(__name__)
 _MEMORY_BYTES = 72 * 2**20  # kept samples; with an estimate's working arrays < 150 MB at 1080p

@@ -29,7 +29,7 @@ import logging
 import cv2
 import numpy as np
 
-from ..events import Emit, Event
+from edge_matte.events import Emit, Event
 
 _LOG = logging.getLogger(__name__)
 

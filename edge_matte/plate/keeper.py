@@ -46,19 +46,19 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PlateConfig
-from ..errors import MediaError, StorageError
-from ..events import Emit, Event
-from ..frames import Frame, Matte
-from ..profile import Profile
-from . import store
-from .align import Shift
-from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
-from .estimator import BackgroundEstimator
-from .grid import Grid, grey
-from .live import LivePlate
-from .maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
-from .upkeep import Upkeep, View, compare
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import PlateConfig
+from edge_matte.errors import MediaError, StorageError
+from edge_matte.events import Emit, Event
+from edge_matte.frames import Frame, Matte
+from edge_matte.plate import store
+from edge_matte.plate.align import Shift
+from edge_matte.plate.detect import NoiseModel, PersonVeto, StillnessDetector, coverage
+from edge_matte.plate.estimator import BackgroundEstimator
+from edge_matte.plate.grid import Grid, grey
+from edge_matte.plate.live import LivePlate
+from edge_matte.plate.maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
+from edge_matte.plate.upkeep import Upkeep, View, compare
 
 _LOG = logging.getLogger(__name__)
 _EMPTY_COVERAGE = 0.002  # matte coverage under which nobody is in view

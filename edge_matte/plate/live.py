@@ -12,10 +12,10 @@ import time
 import cv2
 import numpy as np
 
-from ..frames import PlateImage
-from .align import translate, uncovered
-from .drift import blend, gain_cells
-from .grid import Grid, grey
+from edge_matte.frames import PlateImage
+from edge_matte.plate.align import translate, uncovered
+from edge_matte.plate.drift import blend, gain_cells
+from edge_matte.plate.grid import Grid, grey
 
 _GAIN_STEPS = 512  # gain changes smaller than 1/512 reuse the cached corrected image
 

@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from .build import MedianCapture
-from .estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
+from edge_matte.plate.build import MedianCapture
+from edge_matte.plate.estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
 
 _LOG = logging.getLogger(__name__)
 Estimates = Literal["inline", "background", "final"]

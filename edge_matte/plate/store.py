@@ -27,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import atomic
-from ..errors import MediaError
+from edge_matte import atomic
+from edge_matte.errors import MediaError
 
 _LOG = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..config import PlateConfig
-from ..frames import Frame
-from .align import MIN_RESPONSE, Shift, ShiftEstimator
-from .detect import NoiseModel
-from .drift import measure_gain, rate_for
-from .grid import Grid, colour_difference, grow
-from .live import LivePlate
+from edge_matte.config.schema import PlateConfig
+from edge_matte.frames import Frame
+from edge_matte.plate.align import MIN_RESPONSE, Shift, ShiftEstimator
+from edge_matte.plate.detect import NoiseModel
+from edge_matte.plate.drift import measure_gain, rate_for
+from edge_matte.plate.grid import Grid, colour_difference, grow
+from edge_matte.plate.live import LivePlate
 
 BACKGROUND_ALPHA = 0.02  # matte alpha under which a cell is background
 _UPDATE_EVERY = 4  # frames between slow updates (the rate is scaled to match per-frame)

@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from . import config as config_mod
-from . import profile as profile_mod
-from .capture import FrameSource
-from .capture.v4l2_controls import LOCKABLE, CameraControls, LockResult, v4l2_device
-from .config import format_errors
-from .errors import ConfigError, EdgeMatteError, SourceEnded, SourceError
-from .frames import Frame, SourceInfo
-from .profile import Profile
+from edge_matte.capture import FrameSource
+from edge_matte.capture.v4l2_controls import LOCKABLE, CameraControls, LockResult, v4l2_device
+from edge_matte.config import profile as profile_mod
+from edge_matte.config import schema as config_mod
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import format_errors
+from edge_matte.errors import ConfigError, EdgeMatteError, SourceEnded, SourceError
+from edge_matte.frames import Frame, SourceInfo
 
 _LOG = logging.getLogger(__name__)
 
@@ -250,7 +250,9 @@ def _check_name(name: str) -> None:
 
 
 def _profile(name: str, info: SourceInfo, m: Measurement, lock: LockResult) -> Profile:
-    from .redact import mask_uri  # keeps rtsp:// passwords out of the profile
+    from edge_matte.config.redact import (
+        mask_uri,  # keeps rtsp:// passwords out of the profile
+    )
 
     try:
         return Profile(
@@ -307,7 +309,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_calibrate(args: argparse.Namespace) -> int:
     """Run `edge-matte calibrate`; print the profile's figures; 0 on success, 1 on failure."""
-    from .capture.opener import open_source
+    from edge_matte.capture.opener import open_source
 
     try:
         config = config_mod.load(args.config)

@@ -29,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from . import atomic, redact
-from .errors import ConfigError
+from edge_matte import atomic
+from edge_matte.config import redact
+from edge_matte.errors import ConfigError
 
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _SHORT = reprlib.Repr()  # rejected values are echoed, but never at length (YAML alias bombs)

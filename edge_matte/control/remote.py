@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .capture.opener import uri_path
-from .config import Config, capped
-from .errors import ConfigError, MediaError
-from .media import resolve_asset
-from .redact import shorten
+from edge_matte.capture.opener import uri_path
+from edge_matte.config.redact import shorten
+from edge_matte.config.schema import Config, capped
+from edge_matte.errors import ConfigError, MediaError
+from edge_matte.output.media import resolve_asset
 
 # Dotted keys (a section name covers all its keys) a remote patch may change; nothing else.
 REMOTE_KEYS = (

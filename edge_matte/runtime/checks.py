@@ -11,10 +11,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from . import profile as profile_mod
-from .config import Config, capped
-from .errors import ConfigError, EdgeMatteError
-from .media import resolve_asset
+from edge_matte.config import profile as profile_mod
+from edge_matte.config.schema import Config, capped
+from edge_matte.errors import ConfigError, EdgeMatteError
+from edge_matte.output.media import resolve_asset
 
 _UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 
@@ -55,7 +55,7 @@ def _calibration(config: Config) -> None:
 def _synthetic_source(config: Config) -> None:
     source = config.source
     if source.uri.startswith("test://"):
-        from .capture.synthetic import parse_uri
+        from edge_matte.capture.synthetic import parse_uri
 
         try:
             parse_uri(source.uri, source.width, source.height, source.fps)
@@ -112,8 +112,8 @@ def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
         return
-    from .control.client import build_client  # paho only with MQTT on
-    from .control.topics import Topics
+    from edge_matte.control.client import build_client  # paho only with MQTT on
+    from edge_matte.control.topics import Topics
 
     found: list[str] = []
     try:
@@ -139,7 +139,9 @@ def _background(config: Config) -> None:
 
 
 def _views(config: Config) -> None:
-    from .views import check_config  # GStreamer and the HTTP server only when asked for
+    from edge_matte.output.views import (
+        check_config,  # GStreamer and the HTTP server only when asked for
+    )
 
     check_config(config)
 
@@ -160,7 +162,7 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
 def check_file(path: Path, dropped: list[str] | None = None) -> list[str]:
     """Every problem of the config file `path` (with its overrides) as `run` would see them;
     the overrides `run` would not apply are added to `dropped`."""
-    from . import overrides
+    from edge_matte.control import overrides
 
     try:
         layers = overrides.load(path, problems)

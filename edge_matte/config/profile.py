@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from . import atomic
-from .config import Section, read_yaml, validate
-from .errors import ConfigError
+from edge_matte import atomic
+from edge_matte.config.schema import Section, read_yaml, validate
+from edge_matte.errors import ConfigError
 
 
 class Profile(Section):

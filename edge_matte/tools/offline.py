@@ -16,14 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import ComposeConfig, MattingConfig, PlateConfig
-from .engine import MattingEngine
-from .errors import MediaError, SourceEnded, SourceError
-from .frames import Frame, Matte
-from .media import is_video, load_image
-from .plate.health import UNUSABLE, mismatch
-from .progress import Progress
-from .video_out import VideoWriter, check_output
+from edge_matte.config.schema import ComposeConfig, MattingConfig, PlateConfig
+from edge_matte.engine import MattingEngine
+from edge_matte.errors import MediaError, SourceEnded, SourceError
+from edge_matte.frames import Frame, Matte
+from edge_matte.output.media import is_video, load_image
+from edge_matte.plate.health import UNUSABLE, mismatch
+from edge_matte.tools.progress import Progress
+from edge_matte.tools.video_out import VideoWriter, check_output
 
 # -- edge-matte matte ----------------------------------------------------------------------------
 
@@ -107,12 +107,12 @@ def matte_command(args: argparse.Namespace) -> int:
 
 def _engine(args: argparse.Namespace) -> MattingEngine:
     if args.weights is None:
-        from .engine.classic import ClassicEngine
+        from edge_matte.engine.classic import ClassicEngine
 
         return ClassicEngine(MattingConfig().classic)
     import torch
 
-    from .engine.torch_engine import TorchEngine
+    from edge_matte.engine.torch_engine import TorchEngine
 
     config = MattingConfig(
         weights=args.weights,
@@ -125,7 +125,7 @@ def _engine(args: argparse.Namespace) -> MattingEngine:
 
 
 def _compositor(background: str):
-    from .compose import Compositor
+    from edge_matte.output.compose import Compositor
 
     if background == "blur":
         return Compositor(ComposeConfig(mode="blur"), Path.cwd())
@@ -173,7 +173,7 @@ class UnpacedFile:
     neither wait for the file's frame rate nor skip frames as the live source does."""
 
     def __init__(self, path: Path) -> None:
-        from .capture.opencv_source import open_file
+        from edge_matte.capture.opencv_source import open_file
 
         try:
             self._grabber = open_file(path, str(path), loop=False)
@@ -298,9 +298,9 @@ class _Counted:
 
 
 def plate_build_command(args: argparse.Namespace) -> int:
-    from . import atomic
-    from .plate import build_plate
-    from .plate.maker import READY_KNOWN
+    from edge_matte import atomic
+    from edge_matte.plate import build_plate
+    from edge_matte.plate.maker import READY_KNOWN
 
     source = UnpacedFile(args.input)
     total = _video_frames(args.input) if is_video(args.input) else 0

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import MediaError
-from .redact import shorten
+from edge_matte.config.redact import shorten
+from edge_matte.errors import MediaError
 
 _LOG = logging.getLogger(__name__)
 

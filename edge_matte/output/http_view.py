@@ -24,10 +24,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .config import HttpConfig
-from .errors import ConfigError, EdgeMatteError
-from .http_page import render_page
-from .mjpeg import JpegFeed
+from edge_matte.config.schema import HttpConfig
+from edge_matte.errors import ConfigError, EdgeMatteError
+from edge_matte.output.http_page import render_page
+from edge_matte.output.mjpeg import JpegFeed
 
 _LOG = logging.getLogger(__name__)
 

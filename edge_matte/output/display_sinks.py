@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import DisplayConfig
-from .errors import ConfigError, EdgeMatteError
+from edge_matte.config.schema import DisplayConfig
+from edge_matte.errors import ConfigError, EdgeMatteError
 
 _LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MediaError
+from edge_matte.errors import MediaError
 
 # suffix -> (ffmpeg muxer, encoder arguments)
 VIDEO_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {

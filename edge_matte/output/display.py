@@ -23,11 +23,17 @@ import time
 import cv2
 import numpy as np
 
-from .compose import cover
-from .config import DisplayConfig
-from .display_sinks import DisplayError, choose_sink, first_error, screen_size, sink_chain
-from .events import Emit, Event
-from .slot import LatestSlot
+from edge_matte.config.schema import DisplayConfig
+from edge_matte.events import Emit, Event
+from edge_matte.output.compose import cover
+from edge_matte.output.display_sinks import (
+    DisplayError,
+    choose_sink,
+    first_error,
+    screen_size,
+    sink_chain,
+)
+from edge_matte.slot import LatestSlot
 
 _LOG = logging.getLogger(__name__)
 

@@ -31,13 +31,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import atomic
-from .errors import EdgeMatteError, EngineError
+from edge_matte import atomic
+from edge_matte.errors import EdgeMatteError, EngineError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from .model import MattingRefine
+    from edge_matte.model import MattingRefine
 
 _LOG = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ def export_onnx(
     """
     import torch
 
-    from .engine.static import (
+    from edge_matte.engine.static import (
         FullMatting,
         base_example,
         default_patch_count,
         patch_examples,
     )
-    from .model import BaseNetwork, PatchRefiner
+    from edge_matte.model import BaseNetwork, PatchRefiner
 
     model = model.eval()
     count = patch_count or default_patch_count(model, height, width)
@@ -223,7 +223,7 @@ def _onnx_bytes(
 
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
-    from .model.refiner import PATCH
+    from edge_matte.model.refiner import PATCH
 
     for name in ("width", "height"):
         value = getattr(args, name)
@@ -241,7 +241,7 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 def _model(args: argparse.Namespace) -> tuple[MattingRefine, str]:
     """The "full"-mode model to export and where its weights came from."""
 
-    from .model import load_model, weights_digest
+    from edge_matte.model import load_model, weights_digest
 
     settings = {
         "backbone_scale": args.backbone_scale,
@@ -250,7 +250,7 @@ def _model(args: argparse.Namespace) -> tuple[MattingRefine, str]:
         "refine_kernel_size": args.refine_kernel_size,
     }
     if args.random_weights:
-        from .model.random_weights import random_model
+        from edge_matte.model.random_weights import random_model
 
         return random_model(args.seed, **settings), f"random (seed {args.seed})"
     return load_model(args.weights, **settings), f"sha256:{weights_digest(args.weights)}"

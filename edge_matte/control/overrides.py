@@ -6,7 +6,7 @@ file at every load. Precedence, lowest first: built-in defaults, the operator's 
 overrides. For each overridden key the file records the value the operator's file had when the
 override was made; when the operator's file now says something else for that key, the file
 wins: the override is dropped (and the daemon emits `config.file_wins`). Only remote-changeable
-keys (`edge_matte.remote`) are ever overridden, so secrets never land here.
+keys (`edge_matte.control.remote`) are ever overridden, so secrets never land here.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
-from . import atomic
-from . import config as config_mod
-from .config import Config
-from .errors import ConfigError, StorageError
-from .remote import flatten, is_remote, refuse
+from edge_matte import atomic
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config
+from edge_matte.control.remote import flatten, is_remote, refuse
+from edge_matte.errors import ConfigError, StorageError
 
 FILE_NAME = "config-overrides.yaml"
 _HEADER = (

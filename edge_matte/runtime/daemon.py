@@ -2,8 +2,8 @@
 
 `Daemon` is the one implementation of `control.api.ControlApi`: MQTT (and the tests) change
 settings and issue commands only through it. Remote settings are checked against what a remote
-controller may change (`edge_matte.remote`), validated, saved atomically to the overrides file
-(`edge_matte.overrides`; the operator's config file is never written) and then applied (live
+controller may change (`edge_matte.control.remote`), validated, saved atomically to the overrides file
+(`edge_matte.control.overrides`; the operator's config file is never written) and then applied (live
 where the stage allows it, else by restarting the pipeline): a crash during the restart keeps
 the change, and a failure leaves the running pipeline and the saved overrides as they were.
 """
@@ -20,20 +20,23 @@ from urllib.parse import urlsplit
 
 import cv2
 
-from . import __version__, atomic, memory, overrides, redact, remote, uploads
-from . import config as config_mod
-from . import profile as profile_mod
-from .capture.v4l2_controls import apply_controls, v4l2_device
-from .checks import preflight, problems
-from .config import Config
-from .errors import EdgeMatteError, MediaError, StorageError
-from .events import Event, EventBus
-from .media import resolve_asset
-from .notify import Heartbeat, Notifier
-from .pipeline import Pipeline
-from .plate import store as plate_store
-from .telemetry import system_readings
-from .views import ViewOutputs
+from edge_matte import __version__, atomic
+from edge_matte.capture.v4l2_controls import apply_controls, v4l2_device
+from edge_matte.config import profile as profile_mod
+from edge_matte.config import redact
+from edge_matte.config import schema as config_mod
+from edge_matte.config.schema import Config
+from edge_matte.control import overrides, remote
+from edge_matte.errors import EdgeMatteError, MediaError, StorageError
+from edge_matte.events import Event, EventBus
+from edge_matte.output.media import resolve_asset
+from edge_matte.output.views import ViewOutputs
+from edge_matte.plate import store as plate_store
+from edge_matte.runtime import memory, uploads
+from edge_matte.runtime.checks import preflight, problems
+from edge_matte.runtime.notify import Heartbeat, Notifier
+from edge_matte.runtime.pipeline import Pipeline
+from edge_matte.runtime.telemetry import system_readings
 
 _LOG = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ LIVE_SECTIONS = {"compose", "mqtt", "log_level", "display", "http"}  # the pipel
 LIVE_FIELDS = {"plate": {"until_ready"}}  # fields of other sections that are applied live too
 FIRST_FRAME_TIMEOUT_S = 120.0
 CAMERA_WAIT_EXTEND_S = 10.0  # EXTEND_TIMEOUT_USEC step while READY waits for the camera
-TRIM_INTERVAL_S = 60.0  # see edge_matte.memory
+TRIM_INTERVAL_S = 60.0  # see edge_matte.runtime.memory
 
 
 class Daemon:
@@ -260,7 +263,7 @@ class Daemon:
     def _start_control(self) -> None:
         if not self._config.mqtt.enabled:
             return
-        from .control.mqtt import MqttControl  # paho is only needed with MQTT on
+        from edge_matte.control.mqtt import MqttControl  # paho is only needed with MQTT on
 
         self._control = MqttControl(self._config.mqtt, self)
         self.bus.subscribe(self._control.publish_event)

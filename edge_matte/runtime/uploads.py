@@ -17,10 +17,10 @@ from pathlib import Path
 
 import cv2
 
-from . import atomic
-from .config import ComposeConfig
-from .errors import MediaError, StorageError
-from .media import decode_image
+from edge_matte import atomic
+from edge_matte.config.schema import ComposeConfig
+from edge_matte.errors import MediaError, StorageError
+from edge_matte.output.media import decode_image
 
 _LOG = logging.getLogger(__name__)
 PREFIX = "upload-"

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..capture import FrameSource
-from ..config import PlateConfig
-from ..errors import MediaError, SourceEnded
-from ..events import log_only
-from ..profile import Profile
-from .build import MedianCapture
-from .keeper import PlateKeeper
-from .maker import READY_KNOWN
+from edge_matte.capture import FrameSource
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import PlateConfig
+from edge_matte.errors import MediaError, SourceEnded
+from edge_matte.events import log_only
+from edge_matte.plate.build import MedianCapture
+from edge_matte.plate.keeper import PlateKeeper
+from edge_matte.plate.maker import READY_KNOWN
 
 _LOG = logging.getLogger(__name__)
 _READ_TIMEOUT_S = 10.0

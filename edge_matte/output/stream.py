@@ -23,8 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import StreamConfig
-from .errors import EdgeMatteError, MediaError
+from edge_matte.config.schema import StreamConfig
+from edge_matte.errors import EdgeMatteError, MediaError
 
 _LOG = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from .soak_load import MqttTraffic, Viewers
-from .telemetry import SystemReader
+from edge_matte.runtime.telemetry import SystemReader
+from edge_matte.tools.soak_load import MqttTraffic, Viewers
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import display as display_mod
-from . import display_sinks, http_view
-from .config import Config
-from .errors import EdgeMatteError
-from .events import Emit, Event
+from edge_matte.config.schema import Config
+from edge_matte.errors import EdgeMatteError
+from edge_matte.events import Emit, Event
+from edge_matte.output import display as display_mod
+from edge_matte.output import display_sinks, http_view
 
 _LOG = logging.getLogger(__name__)
 

@@ -21,24 +21,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .capture.opener import open_source
-from .capture.resilient import ResilientSource
-from .compose import Compositor, alpha_view, debug_view, no_signal
-from .config import ComposeConfig, Config
-from .engine.openmp import on_passing_thread
-from .engine.select import EngineChain
-from .errors import EdgeMatteError, EngineError, MediaError, SourceEnded, SourceError
-from .events import Emit, Event
-from .frames import Frame, Matte
-from .health import Health, problems
-from .plate import PlateKeeper
-from .plate.health import PlateHealth
-from .presence import Presence
-from .profile import Profile
-from .slot import LatestSlot
-from .stats import LatencyWindow, StageStats
-from .stream import RtspServer
-from .views import ViewOutputs
+from edge_matte.capture.opener import open_source
+from edge_matte.capture.resilient import ResilientSource
+from edge_matte.config.profile import Profile
+from edge_matte.config.schema import ComposeConfig, Config
+from edge_matte.engine.openmp import on_passing_thread
+from edge_matte.engine.select import EngineChain
+from edge_matte.errors import EdgeMatteError, EngineError, MediaError, SourceEnded, SourceError
+from edge_matte.events import Emit, Event
+from edge_matte.frames import Frame, Matte
+from edge_matte.output.compose import Compositor, alpha_view, debug_view, no_signal
+from edge_matte.output.stream import RtspServer
+from edge_matte.output.views import ViewOutputs
+from edge_matte.plate import PlateKeeper
+from edge_matte.plate.health import PlateHealth
+from edge_matte.runtime.health import Health, problems
+from edge_matte.runtime.presence import Presence
+from edge_matte.runtime.stats import LatencyWindow, StageStats
+from edge_matte.slot import LatestSlot
 
 _LOG = logging.getLogger(__name__)
 

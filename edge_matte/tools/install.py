@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
-from . import config as config_mod
-from .errors import ConfigError, EdgeMatteError
+from edge_matte import atomic
+from edge_matte.config import schema as config_mod
+from edge_matte.errors import ConfigError, EdgeMatteError
 
 UNIT = "edge-matte.service"
 PERFORMANCE_UNIT = "edge-matte-performance.service"
@@ -66,7 +66,7 @@ class Tree:
 
 def shipped_dir() -> Path:
     """The directory holding the unit files and example config (the source tree's systemd/)."""
-    path = Path(__file__).resolve().parent.parent / "systemd"
+    path = Path(__file__).resolve().parents[2] / "systemd"
     if not (path / UNIT).is_file():
         raise ConfigError(
             f"unit files not found in {path}: install edge-matte from its source tree"
@@ -110,7 +110,7 @@ def install(
     source = source_dir or shipped_dir()
     exec_path = exec_path or default_exec_path()
     if code_dir is None and tree.live:
-        code_dir = Path(__file__).resolve().parent
+        code_dir = Path(__file__).resolve().parents[1]
     _check_install(tree, exec_path)
     _check_readable(tree, exec_path, code_dir)
     actions = _warnings(tree, exec_path)
@@ -410,7 +410,7 @@ def _ensure_config(tree: Tree, source: Path, owner: Owner) -> str:
     if path.exists():
         return f"unchanged {path} (existing config kept)"
     # Root's, readable by the daemon's group: remote changes go to the state directory's
-    # overrides file (edge_matte.overrides), never here.
+    # overrides file (edge_matte.control.overrides), never here.
     mode, file_owner = 0o640, Owner(0, owner.gid)
     atomic.write_text(path, (source / "edge-matte.yaml").read_text(), mode)
     _set_mode_owner(path, mode, file_owner)

@@ -18,9 +18,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .config import ComposeConfig
-from .frames import Matte
-from .media import VideoLoop, is_video, load_image, resolve_asset
+from edge_matte.config.schema import ComposeConfig
+from edge_matte.frames import Matte
+from edge_matte.output.media import VideoLoop, is_video, load_image, resolve_asset
 
 _LOG = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ consecutive frames agree; without a plate there is no answer (None).
 
 from __future__ import annotations
 
-from .events import Emit, Event
+from edge_matte.events import Emit, Event
 
 
 class Presence:

@@ -1,0 +1,1 @@
+"""Where the composite goes: compositing, RTSP, the device's screen and the browser view."""

@@ -1,0 +1,1 @@
+"""The running appliance: daemon, pipeline threads, start checks, health, systemd and telemetry."""
