@@ -56,8 +56,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
     dropped: list[str] = []  # remote changes `run` would drop: the operator should know
     problems = check_file(args.file, dropped)
-    for problem in problems:
-        print(_one_line(problem), file=sys.stderr)
+    for problem in problems:  # the same lines as `run` prints, so one parser reads both
+        print(f"edge-matte: config error: {_one_line(problem)}", file=sys.stderr)
     for line in dropped:
         print(_one_line(f"{args.file}: override not applied: {line}"))
     if not problems:

@@ -109,7 +109,7 @@ class MjpegReader:
         self.sock = socket.create_connection(("127.0.0.1", view.port), timeout=20)
         if receive_buffer is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.sock.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.file = self.sock.makefile("rb")
         self.status = int(self.file.readline().split()[1])
         while self.file.readline() not in (b"\r\n", b""):
@@ -300,16 +300,42 @@ def test_idle_connections_are_bounded_in_count_and_time(view: View) -> None:
     viewer = MjpegReader(view)  # holds one of the 20 + 8 places, and keeps it
     idle = [socket.create_connection(("127.0.0.1", view.port), timeout=15) for _ in range(32)]
     try:
+        # One address may keep half the 28 places waiting: the others are still free for
+        # everyone else, at once, while the idle ones hold theirs.
+        other = socket.create_connection(("127.0.0.1", view.port), 10, ("127.0.0.2", 0))
+        with other:
+            other.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert _answer(other).startswith(b"HTTP/1.0 ")
         started = time.monotonic()
         closed = sum(_answer(sock) == b"" for sock in idle)  # each ends: at once, or at 10 s
         assert time.monotonic() - started < 15.0
         assert closed == 32
         viewer.part()  # still served
-        assert view.state()["http"]["refused"] == 5  # 32 idle, 27 free places
+        assert view.state()["http"]["refused"] == 32 - 14
     finally:
         for sock in idle:
             sock.close()
         viewer.close()
+
+
+def test_without_a_password_the_view_answers_only_to_local_host_names(view: View) -> None:
+    """DNS rebinding: a page from evil.example re-resolved to 127.0.0.1 sends its own Host."""
+    for host, status in (
+        ("evil.example", 403),
+        (f"evil.example:{view.port}", 403),
+        (f"localhost:{view.port}", 200),
+        (f"127.0.0.1:{view.port}", 200),
+        (f"[::1]:{view.port}", 200),
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", view.port, timeout=20)
+        try:
+            connection.request("GET", "/state.json", headers={"Host": host})
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == status, (host, body)
+        assert body.startswith(b"{") == (status == 200), body  # the state only when allowed
 
 
 def _answer(sock: socket.socket) -> bytes:
@@ -409,6 +435,15 @@ def test_basic_auth_when_a_password_is_set(tmp_path: Path) -> None:
         served.auth = "viewer:s3cret"
         assert served.get("/")[0] == 200 and served.get("/snapshot.jpg")[0] == 200
         assert served.get("/healthz", auth=None)[0] == 200  # for load balancers
+        # Behind a password, any host name reaches it (a kiosk on the LAN asks by its name).
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=20)
+        token = base64.b64encode(b"viewer:s3cret").decode()
+        try:
+            headers = {"Host": "kiosk.local", "Authorization": f"Basic {token}"}
+            connection.request("GET", "/state.json", headers=headers)
+            assert connection.getresponse().status == 200
+        finally:
+            connection.close()
 
 
 @pytest.mark.parametrize(

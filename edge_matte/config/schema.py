@@ -476,6 +476,15 @@ class MqttConfig(Section):
             raise ValueError("contains a NUL character")
         return value
 
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        """`<prefix>/group/` holds the fleet groups' topics: a device of that name would read
+        and answer in their namespace."""
+        if value == "group":
+            raise ValueError("'group' is reserved for fleet topics (<prefix>/group/<group>/...)")
+        return value
+
     @field_validator("configuration_url")
     @classmethod
     def _configuration_url(cls, value: str | None) -> str | None:

@@ -3,8 +3,10 @@
 Built on the standard library's threaded HTTP server (its parser, one thread per connection),
 bounded in every direction: at most `max_clients` MJPEG viewers and a few more short requests
 at once (further connections are refused at accept), a request must arrive within
-`_REQUEST_TIMEOUT_S`, and a viewer that takes no data for `_SEND_TIMEOUT_S` is dropped rather
-than buffered. Every viewer sends the same JPEG bytes (`mjpeg.JpegFeed`). Only the five routes
+`_REQUEST_TIMEOUT_S`, one client address may keep at most half the places waiting for its
+request (a slowloris from one host leaves the rest to everyone else), and a viewer that takes no
+data for `_SEND_TIMEOUT_S` is dropped rather than buffered. Without a password (loopback only)
+the Host header must name this machine, so a web page cannot reach the view by DNS rebinding. Every viewer sends the same JPEG bytes (`mjpeg.JpegFeed`). Only the five routes
 exist: no file is ever read from a request's path.
 """
 
@@ -40,6 +42,7 @@ _FRAME_WAIT_S = 5.0
 _VIEWER_CHECK_S = 1.0  # a viewer that hung up frees its place within this, frames or not
 _HEALTHY_WITHIN_S = 3.0  # /healthz: a real camera frame came this recently
 _BOUNDARY = "edgematteframe"
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 
 Status = Callable[[], dict[str, Any]]
 
@@ -58,12 +61,20 @@ def check_config(config: HttpConfig) -> None:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8080` -> `::1`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 class _Server(ThreadingHTTPServer):
@@ -75,20 +86,43 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], view: HttpView, limit: int) -> None:
         self.view = view
         self._slots = threading.BoundedSemaphore(limit)
+        self._waiting: dict[str, int] = {}  # per client address: connections before a request
+        self._waiting_cap = max(1, limit // 2)
+        self._waiting_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._admit(client_address[0]):
             self.view.refused += 1
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
-        except RuntimeError:  # no thread could be started: give the slot back, then report
+        except RuntimeError:  # no thread could be started: give the places back, then report
+            self.request_arrived(client_address[0])
             self._slots.release()
             raise
+
+    def _admit(self, address: str) -> bool:
+        """A place for one more connection, unless the total or this address's waiting is full."""
+        with self._waiting_lock:
+            if self._waiting.get(address, 0) >= self._waiting_cap:
+                return False
+            if not self._slots.acquire(blocking=False):
+                return False
+            self._waiting[address] = self._waiting.get(address, 0) + 1
+            return True
+
+    def request_arrived(self, address: str) -> None:
+        """The connection from `address` no longer waits (its request came, or it ended)."""
+        with self._waiting_lock:
+            left = self._waiting[address] - 1
+            if left:
+                self._waiting[address] = left
+            else:
+                del self._waiting[address]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -179,6 +213,11 @@ class HttpView:
             return False
         return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
+    def host_allowed(self, header: str | None) -> bool:
+        """Without a password the view is loopback-only, and so must be the name it was asked
+        by: a page on evil.example re-resolved to 127.0.0.1 (DNS rebinding) sends its own."""
+        return bool(self._password) or header is None or is_loopback(_host_name(header))
+
     def state(self) -> dict[str, Any]:
         """The device's state and this view's counters (the page and /state.json)."""
         with self._lock:
@@ -222,9 +261,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._waiting = True
         # The per-read timeout alone lets a client trickle a byte every few seconds for ever.
         self._deadline = threading.Timer(_REQUEST_DEADLINE_S, self._expire)
         self._deadline.start()
+
+    def _arrived(self) -> None:
+        """The request is in: no deadline, and no longer one of this address's waiting places."""
+        self._deadline.cancel()
+        if self._waiting:
+            self._waiting = False
+            self.server.request_arrived(self.client_address[0])
 
     def _expire(self) -> None:
         try:
@@ -233,16 +280,19 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # already closed
 
     def finish(self) -> None:
-        self._deadline.cancel()
+        self._arrived()
         super().finish()
 
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-        self._deadline.cancel()
+        self._arrived()
         view = self.server.view
         route = self.path.split("?", 1)[0]
         if route == "/healthz":  # no secrets in a yes/no, and load balancers hold no password
             ok = view.healthy()
             self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no camera frames\n")
+            return
+        if not view.host_allowed(self.headers.get("Host")):
+            self._send(403, "text/plain", b"this view answers to localhost only\n")
             return
         if not view.authorised(self.headers.get("Authorization")):
             self._send(
@@ -271,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # noqa: N802
         """/healthz answers HEAD (load balancers' checks); the other routes are GET only."""
-        self._deadline.cancel()
+        self._arrived()
         if self.path.split("?", 1)[0] == "/healthz":
             self.send_response(200 if self.server.view.healthy() else 503)
             self.send_header("Cache-Control", "no-store")

@@ -8,6 +8,7 @@ line, before anything starts (no stream URL printed, no port opened, no state wr
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,6 +109,28 @@ def _port_clash(config: Config) -> None:
         )
 
 
+def _bind_addresses(config: Config) -> None:
+    """A bind address that does not resolve, or is not this machine's, fails at every restart."""
+    found: list[str] = []
+    for key, section in (("stream", config.stream), ("http", config.http)):
+        if not section.enabled:
+            continue
+        try:
+            family, kind, _, _, address = socket.getaddrinfo(
+                section.bind, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind) as probe:
+                probe.bind(address)  # port 0: proves the address is ours, takes nothing
+        except socket.gaierror as err:
+            found.append(f"{key}.bind: {section.bind!r} does not resolve ({err.strerror})")
+        except OSError as err:
+            found.append(
+                f"{key}.bind: {section.bind!r} is not an address of this machine ({err.strerror})"
+            )
+    if found:
+        raise ConfigError("; ".join(found), found)
+
+
 def _mqtt(config: Config) -> None:
     mqtt = config.mqtt
     if not mqtt.enabled:
@@ -153,6 +176,7 @@ _CHECKS: tuple[Callable[[Config], None], ...] = (
     _stream_secret,
     _stream_port,
     _port_clash,
+    _bind_addresses,
     _mqtt,
     _background,
     _views,
