@@ -43,7 +43,8 @@ class Clip:
         if self._next >= len(self._frames):
             raise SourceEnded("end of clip")
         self._next += 1
-        return Frame(image=self._frames[self._next - 1], index=self._next, time=self._next / 10)
+        media_time = (self._next - 1) / self.info.fps
+        return Frame(self._frames[self._next - 1], self._next, self._next / 10, media_time)
 
     def close(self) -> None:
         """Nothing to release."""
