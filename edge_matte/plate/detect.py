@@ -21,8 +21,9 @@ from collections import deque
 import cv2
 import numpy as np
 
+from edge_matte.plate.clock import reached
+
 from ..profile import Profile
-from .clock import reached
 from .grid import Grid
 
 _LOG = logging.getLogger(__name__)

@@ -48,7 +48,8 @@ import threading
 import cv2
 import numpy as np
 
-from .clock import reached
+from edge_matte.plate.clock import reached
+
 from .detect import NoiseModel
 from .drift import gain_cells, measure_gain
 from .grid import Grid

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_matte.plate.clock import PlateClock, reached
+
 from ..config import PlateConfig
 from ..errors import MediaError, StorageError
 from ..events import Emit, Event
@@ -58,7 +60,6 @@ from ..frames import Frame, Matte
 from ..profile import Profile
 from . import store
 from .align import Shift
-from .clock import PlateClock, reached
 from .detect import NoiseModel, PersonVeto, StillnessDetector, coverage
 from .estimator import BackgroundEstimator
 from .grid import Grid, grey
@@ -294,7 +295,7 @@ class PlateKeeper:
             self._improving = improving
 
     def _new_maker(self) -> PlateMaker:
-        return PlateMaker(self._config.capture_frames, self._estimates)
+        return PlateMaker(self._config.capture_frames, self._fps, self._estimates)
 
     def _start_capturing(self, reason: str) -> None:
         self._maker = self._maker or self._new_maker()

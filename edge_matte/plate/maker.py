@@ -22,8 +22,9 @@ from typing import Literal
 
 import numpy as np
 
+from edge_matte.plate.clock import reached
+
 from .build import MedianCapture
-from .clock import reached
 from .estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
 
 _LOG = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ class Evaluator:
 class PlateMaker:
     """Runs the median capture and the per-pixel estimator for one capturing period."""
 
-    def __init__(self, capture_frames: int, estimates: Estimates = "inline") -> None:
+    def __init__(self, capture_frames: int, fps: float, estimates: Estimates = "inline") -> None:
+        """`fps`: the nominal rate; a median capture lasts `capture_frames` frames of it."""
         self._capture_frames = capture_frames
+        self._interval = 1.0 / fps
         self._estimates = estimates
         self._median: MedianCapture | None = None
         self._manual: Callable[[], BackgroundEstimator] | BackgroundEstimator | None = None
@@ -134,15 +137,15 @@ class PlateMaker:
             _LOG.info("motion during plate capture: waiting for stillness again")
             self._median = None
         if self._median is None and automatic and empty():
-            self._median = MedianCapture(self._capture_frames)
+            self._median = MedianCapture(self._capture_frames, self._interval)
         if self._median is not None:  # the scene is empty: the per-pixel builder can pause
-            return self._take(image)
+            return self._take(image, now)
         if self._builder is not None and automatic:
             return self._build(image, small, moving, now)
         return None
 
-    def _take(self, image: np.ndarray) -> NewPlate | None:
-        self._median.add(image)
+    def _take(self, image: np.ndarray, now: float) -> NewPlate | None:
+        self._median.add(image, now)
         if not self._median.done:
             return None
         return NewPlate(
