@@ -1,9 +1,9 @@
 """jetson-utils capture, with stand-ins for the module (it exists only on a Jetson).
 
-tests/fixtures holds three `jetson_utils` modules: one whose import fails as jetson-utils built
-against NumPy 1.x fails under NumPy 2 (SystemError), one whose camera opened and stalls,
-logging as jetson-utils does per capture timeout unless opened with a quieter `--log-level`,
-and one whose frames carry jetson-utils' timestamps.
+tests/fixtures holds two `jetson_utils` modules: one whose import fails as jetson-utils built
+against NumPy 1.x fails under NumPy 2 (SystemError), and one whose camera opened and stalls,
+logging as jetson-utils does per capture timeout unless opened with a quieter `--log-level`
+(after delivering frames stamped as jetson-utils stamps them, when asked to).
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def test_a_stalled_camera_is_reported_once_per_interval_not_per_timeout(
 def test_frames_carry_the_camera_timestamp_or_our_clock_without_one(monkeypatch) -> None:
     """cudaImage.timestamp (ns, the buffer's PTS) is the media time; 0 (jetson-utils could not
     read its timestamp ring) falls back to the monotonic clock at capture."""
-    use_jetson_utils(monkeypatch, "stamped")
+    use_jetson_utils(monkeypatch, "stalled")
     import jetson_utils
 
-    jetson_utils.STAMPS[:] = [5_000_000_000, 5_033_333_333, 0]
+    monkeypatch.setattr(jetson_utils, "STAMPS", [5_000_000_000, 5_033_333_333, 0])
     clock = Clock()
     grabber = JetsonGrabber("csi://0", "csi://0", 1280, 720, 30.0, clock=clock)
     stamps = []

@@ -15,11 +15,18 @@ import dataclasses
 import itertools
 import math
 
+import numpy as np
 import pytest
 from test_plate_keeper import CONFIG, Trace, drive, keeper_for, last_occupied, scene
 
+from edge_matte.config import PlateConfig
+from edge_matte.frames import Frame
 from edge_matte.plate import PlateState
 from edge_matte.plate.clock import MAX_STEP_S, PlateClock
+from edge_matte.plate.detect import NoiseModel
+from edge_matte.plate.grid import Grid, grey
+from edge_matte.plate.live import LivePlate
+from edge_matte.plate.upkeep import Upkeep, View, compare
 
 SCENE_FPS = 30.0
 
@@ -102,3 +109,30 @@ def test_an_outage_or_a_restart_counts_one_interval(jump_s: float) -> None:
     # the frame after the jump counted one interval (taken at face value, the outage would
     # have completed the stillness at once, the restart would have held it back for 50 s)
     assert index == ready
+
+
+def slow_update_pull(keep: int) -> float:
+    """How far (levels) the slow update pulls a plate towards a quarter of the room lit 3 levels
+    brighter (within the noise: background, not a change) in 3 s of frames, every `keep`-th."""
+    grid, config = Grid(320, 180), PlateConfig()
+    noise = NoiseModel(grid)
+    room = np.random.default_rng(1).integers(60, 180, (180, 320, 3)).astype(np.uint8)
+    lit = room.copy()
+    lit[:90, :160] += 3
+    live, upkeep = LivePlate(room, grid, "median"), Upkeep(grid, noise, config, SCENE_FPS)
+    small, still = grid.shrink(lit), np.zeros(grid.size[::-1], np.uint8)
+    for index in range(0, 90, keep):
+        view = View((index, index / SCENE_FPS), small, grey(small))
+        compare(view, live, noise)
+        frame = Frame(lit, index, index / SCENE_FPS, index / SCENE_FPS)
+        assert upkeep.step(live, frame, view, None, still, False, index / SCENE_FPS) is None
+    assert np.abs(live.base[90:, 160:] - room[90:, 160:]).max() < 0.1  # the rest stays
+    return float(np.mean(live.base[:90, :160] - room[:90, :160]))
+
+
+def test_the_slow_update_pulls_as_far_per_second_with_dropped_frames() -> None:
+    """`plate.update_rate` is per nominal frame: with a third of the frames each update makes up
+    for the time since the last (counting frames, it pulled 1.4 levels instead of 2.5)."""
+    every, dropped = slow_update_pull(1), slow_update_pull(3)
+    assert every == pytest.approx(3 * (1 - 0.98**88), abs=0.05)  # 88 frames up to the last update
+    assert dropped == pytest.approx(every, abs=0.15)  # 84 frames' time up to the last update

@@ -3,8 +3,8 @@
 The main evidence is stillness: frame differencing on the coarse grid against the frame a sixth
 of a second back in media time (so slow movements register too, while a lighting ramp of a few
 percent per second stays under the threshold), and how long the scene has been still, in
-seconds of plate time (`clock`), whatever frames were dropped. Thresholds come from the calibrated noise when a profile exists,
-else from a live robust estimate: the median absolute frame difference over the cells that
+seconds of plate time (`clock`), whatever frames were dropped. Thresholds come from the
+calibrated noise when a profile exists, else from a live robust estimate: the median absolute frame difference over the cells that
 changed at all. Compressed video repeats unchanged blocks, so most differences of an MPEG-4 or
 H.264 stream are exactly 0 (62 % on `vtest.avi`) and a plain median collapses to the floor
 while the noise is ~1 level on the grid (~1.8 at full resolution); a camera that repeats

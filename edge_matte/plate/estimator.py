@@ -5,13 +5,15 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
 
 * **Motion per pixel.** A sample counts for a pixel unless the grid cell under it (2-6 px wide)
   or a neighbouring cell moved within the last `_HOLD_S` (frame difference beyond the noise, see
-  `detect`). Every span here is plate time (`clock`): the frames' media time, so dropped frames
-  change how many samples there are, never how long they span. Nothing is voided far from where something moved, so a street that always has
-  someone in it still gives evidence almost everywhere.
+  `detect`). Nothing is voided far from where something moved, so a street that always has
+  someone in it still gives evidence almost everywhere. Every span here is plate time
+  (`clock`): the frames' media time, so dropped frames change how many samples there are, never
+  how long they span.
 * **Samples spread over the whole history, in bounded memory.** At most one frame per sampling
   period (`1 / _SAMPLE_HZ` at first) is kept, up to `capacity` frames (`_MEMORY_BYTES` whatever
   the frame size: 56 at 576p, 27 at 720p, 12 at 1080p); when full, every other one is dropped
-  and the period doubles, so the kept samples always span everything seen so far. A person who stands for a while covers a few samples, not most.
+  and the period doubles, so the kept samples always span everything seen so far. A person who
+  stands for a while covers a few samples, not most.
 * **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
   estimate (median ratio over still cells) and the plate is given in the median light of the
   samples, so a few bright seconds do not bias it. Only where the gain explains the change (it

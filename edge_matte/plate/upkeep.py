@@ -1,11 +1,13 @@
 """Per-frame care of the plate in use: gain, drift, camera alignment and the slow update.
 
 All of it works on the coarse grid except the slow update (every 4th frame, masked, in C) and a
-confirmed camera shift (measured once at full resolution). Rates are per second of plate time
-(`clock`): alignment is checked `_ALIGN_PER_S` times a second, and the slow update pulls as far
-per second as `update_rate` per nominal frame would, however many frames were dropped. Background cells are those the matte
+confirmed camera shift (measured once at full resolution). Background cells are those the matte
 calls background (alpha ~ 0, eroded by a cell) that are not moving; without a matte (the engine
 was skipped because the scene matched the plate) every still cell is background.
+
+Rates are per second of plate time (`clock`): alignment is checked `_ALIGN_PER_S` times a
+second, and the slow update pulls as far per second as `update_rate` per nominal frame would,
+however many frames were dropped.
 """
 
 from __future__ import annotations
