@@ -18,6 +18,9 @@ class Frame:
     image: np.ndarray  # [H, W, 3] uint8 BGR
     index: int  # sequence number from the source, monotonic
     time: float  # time.monotonic() when captured; used for latency
+    # Seconds on the source's own clock (the file's timestamps, the camera's, the synthetic
+    # scene's): what the plate measures its spans in, whatever frames were dropped on the way.
+    media_time: float
     truth_alpha: np.ndarray | None = None  # [H, W] float32, only from the synthetic scene
     truth_background: np.ndarray | None = None  # [H, W, 3] uint8 BGR, only from the synthetic scene
 

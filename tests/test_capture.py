@@ -195,6 +195,20 @@ def test_rtsp_camera_frozen_is_a_timeout() -> None:
             source.close()
 
 
+def test_a_camera_stamps_its_frames_with_the_monotonic_clock() -> None:
+    """A camera's media time is when its frame was read (OpenCV's stream position restarts with
+    the camera): increasing, and within the moment the reader thread published the frame."""
+    with CameraServer(free_port()) as camera:
+        source = open_source(rtsp_config(camera))
+        try:
+            frames = [source.read(10.0) for _ in range(5)]
+        finally:
+            source.close()
+    stamps = [frame.media_time for frame in frames]
+    assert stamps == sorted(set(stamps))
+    assert all(0 <= frame.time - frame.media_time < 0.5 for frame in frames)
+
+
 class Recorder:
     """An Emit that keeps the events."""
 

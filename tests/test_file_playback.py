@@ -8,6 +8,7 @@ lost camera, while a file really cut short is still reported. A small clip with 
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,28 @@ def test_frames_are_paced_by_their_timestamps_not_the_header_rate(sparse: Path) 
     # span); at the header's 15 fps the clip would take half as long.
     times = [frame.time for frame in frames]
     assert times[-1] - times[0] >= 0.95 * (SPARSE_FRAMES - 1) * SPARSE_STEP_S, times
+    # and each carries its timestamp, for the plate's clock
+    stamps = [frame.media_time for frame in frames]
+    assert stamps == pytest.approx([index * SPARSE_STEP_S for index in range(SPARSE_FRAMES)])
+
+
+def test_media_time_is_the_files_own_and_runs_on_across_loops(sparse: Path) -> None:
+    """The plate's clock for a file: its timestamps (two header frames apart here, not the
+    header's 1/15 s), continued one nominal interval after the last frame when it loops."""
+    grabber = open_file(sparse, str(sparse), loop=True)
+    try:
+        stamps = []
+        for _ in range(2 * SPARSE_FRAMES):
+            grabber.grab()
+            stamps.append(grabber.media_s)
+    finally:
+        grabber.close()
+    steps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    loop = SPARSE_FRAMES - 1  # the step from the last frame of a pass to the first of the next
+    assert stamps[0] == 0.0
+    assert steps[:loop] == pytest.approx([SPARSE_STEP_S] * loop)
+    assert steps[loop] == pytest.approx(1 / 15)
+    assert steps[loop + 1 :] == pytest.approx([SPARSE_STEP_S] * loop)
 
 
 def test_a_looping_file_with_a_lying_header_is_never_a_lost_camera(sparse: Path) -> None:

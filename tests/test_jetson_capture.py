@@ -2,7 +2,8 @@
 
 tests/fixtures holds two `jetson_utils` modules: one whose import fails as jetson-utils built
 against NumPy 1.x fails under NumPy 2 (SystemError), and one whose camera opened and stalls,
-logging as jetson-utils does per capture timeout unless opened with a quieter `--log-level`.
+logging as jetson-utils does per capture timeout unless opened with a quieter `--log-level`
+(after delivering frames stamped as jetson-utils stamps them, when asked to).
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ def test_a_stalled_camera_is_reported_once_per_interval_not_per_timeout(
     assert [r.name for r in caplog.records if r.name == "jetson_utils"] == []
     ours = [r.getMessage() for r in caplog.records if r.name == jetson_source.__name__]
     assert ours == [f"no frame from csi://0 for {s:.0f} s" for s in (10, 20, 30)]
+
+
+def test_frames_carry_the_camera_timestamp_or_our_clock_without_one(monkeypatch) -> None:
+    """cudaImage.timestamp (ns, the buffer's PTS) is the media time; 0 (jetson-utils could not
+    read its timestamp ring) falls back to the monotonic clock at capture."""
+    use_jetson_utils(monkeypatch, "stalled")
+    import jetson_utils
+
+    monkeypatch.setattr(jetson_utils, "STAMPS", [5_000_000_000, 5_033_333_333, 0])
+    clock = Clock()
+    grabber = JetsonGrabber("csi://0", "csi://0", 1280, 720, 30.0, clock=clock)
+    stamps = []
+    for _ in range(3):
+        assert grabber.grab().shape == (720, 1280, 3)
+        stamps.append(grabber.media_s)
+    grabber.close()
+    assert stamps == pytest.approx([5.0, 5.033333333, clock.now])
 
 
 @pytest.mark.parametrize("flip", [None, "rotate-180", "none"])

@@ -55,10 +55,10 @@ def error(plate: np.ndarray, frame: Frame) -> float:
 def test_incremental_median_is_exact(count: int) -> None:
     rng = np.random.default_rng(count)
     frames = rng.integers(0, 256, (count, 9, 11, 3), dtype=np.uint8)
-    capture = MedianCapture(count)
-    for frame in frames:
+    capture = MedianCapture(count, 1.0)
+    for index, frame in enumerate(frames, 1):
         assert not capture.done
-        capture.add(frame)
+        capture.add(frame, float(index))
     assert capture.done
     kept = frames[:: -(-count // 31)]  # more than 31 frames are subsampled evenly
     expected = np.median(kept.astype(np.float64), axis=0)
@@ -67,9 +67,10 @@ def test_incremental_median_is_exact(count: int) -> None:
 
 def test_median_of_noisy_frames_is_closer_to_the_room_than_any_frame() -> None:
     source = SyntheticSource(SceneScript(width=WIDTH, height=HEIGHT), realtime=False)
-    capture = MedianCapture(15)
+    capture = MedianCapture(15, 1 / 30)
     for index in range(15):
-        capture.add(source.frame_at(index).image)
+        frame = source.frame_at(index)
+        capture.add(frame.image, frame.media_time)
     frame = source.frame_at(0)
     assert error(capture.median(), frame) < 0.6 * error(frame.image, frame)  # measured 0.50 vs 1.6
 

@@ -31,8 +31,8 @@ def test_kept_samples_stay_bounded_and_span_the_history() -> None:
     kept = estimator()
     image = np.full((180, 320, 3), 90, np.uint8)
     moving = np.zeros((90, 160), np.uint8)
-    for _ in range(20 * kept.capacity):
-        kept.add(image, image[::2, ::2], moving)
+    for index in range(20 * kept.capacity):
+        kept.add(image, image[::2, ::2], moving, index / 30)
     assert kept.capacity // 2 <= kept.samples <= kept.capacity
     assert kept.nbytes < 1.2 * kept.capacity * image.nbytes  # whatever the clip's length
 
@@ -52,7 +52,7 @@ def test_frames_keep_coming_while_an_estimate_runs() -> None:
 
     for index in range(3000):
         image = rng.integers(80, 100, (180, 320, 3), dtype=np.uint8)
-        kept.add(image, image[::2, ::2], moving)
+        kept.add(image, image[::2, ::2], moving, index / 30)
         if index % 200 == 10:
             worker = threading.Thread(target=estimate)
             worker.start()
@@ -84,7 +84,7 @@ def test_a_light_ramp_is_taken_out_where_people_stood_in_the_dark_or_the_bright_
             quarter[1].start // 2 : quarter[1].stop // 2,
         ] = 1
         image = np.clip(image, 0, 255).astype(np.uint8)
-        kept.add(image, grid.shrink(image), moving)
+        kept.add(image, grid.shrink(image), moving, index / 30)
     plate = kept.estimate().plate.astype(np.float32)
     error = np.abs(plate - room)  # the median light of the samples: gain 1.0
     assert error[:90, :160].mean() < 2.0 and error[90:, 160:].mean() < 2.0

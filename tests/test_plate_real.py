@@ -31,19 +31,22 @@ TREE_EMPTY = 53  # tree.avi: a hand enters at frame 53
 
 
 class Clip:
-    """A FrameSource over decoded frames at the clip's real rate."""
+    """A FrameSource over decoded frames at the clip's real rate; with `keep` only every
+    keep-th frame is delivered (a daemon dropping frames), stamped with its time in the clip."""
 
-    def __init__(self, frames: list[np.ndarray], fps: float) -> None:
+    def __init__(self, frames: list[np.ndarray], fps: float, keep: int = 1) -> None:
         self._frames = frames
         self._next = 0
+        self._keep = keep
         height, width = frames[0].shape[:2]
         self.info = SourceInfo(uri="file://clip", width=width, height=height, fps=fps)
 
     def read(self, timeout: float) -> Frame:
         if self._next >= len(self._frames):
             raise SourceEnded("end of clip")
-        self._next += 1
-        return Frame(image=self._frames[self._next - 1], index=self._next, time=self._next / 10)
+        index, self._next = self._next, self._next + self._keep
+        media_time = index / self.info.fps
+        return Frame(self._frames[index], index + 1, media_time, media_time)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -165,17 +168,23 @@ def test_semi_real_subjects_matted_against_the_plate_built_from_the_street(vtest
     assert ours[2] <= reference[2] + 0.005  # false foreground far from the subject
 
 
-def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest) -> None:
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest, keep: int) -> None:
     """What the daemon does on file://vtest.avi at 10 fps (the estimates inline instead of on a
-    worker thread, so the test is deterministic): a plate within 30 s, close to the clip median."""
+    worker thread, so the test is deterministic): a plate within 30 s, close to the clip median.
+    With every 2nd or 3rd frame dropped (a loaded machine) the plate still comes after 10 s of
+    the clip, as with every frame (counting frames it came at 20 s, and not in 30 s)."""
     frames, fps = vtest
     events: list[Event] = []
     keeper = PlateKeeper(PlateConfig(), None, "file://vtest.avi", events.append, fps=fps)
-    source = Clip(frames, fps)
-    for _ in range(round(30 * fps)):
-        keeper.observe(source.read(0.0), None)
+    source, installed = Clip(frames, fps, keep), None
+    for _ in range(round(30 * fps / keep)):
+        frame = source.read(0.0)
+        keeper.observe(frame, None)
+        if installed is None and keeper.state is PlateState.READY:
+            installed = frame.media_time
+    assert installed is not None and installed <= 10.0 + 2 * keep / fps  # 10.0, 10.2, 10.2
     assert keeper.state is PlateState.READY and keeper.status()["method"] == "per-pixel"
     assert [e.kind for e in events][:2] == ["plate.capturing", "plate.captured"]
-    assert (
-        errors(keeper.plate, temporal_median(frames))[0] <= 2.0
-    )  # measured 1.29 (2.13 when installed at 10 s)
+    # measured 1.29 / 1.40 / 1.34 at 30 s (2.13 when installed at 10 s)
+    assert errors(keeper.plate, temporal_median(frames))[0] <= 2.0

@@ -176,6 +176,13 @@ def test_read_advances_and_close_is_final() -> None:
         src.read(timeout=1.0)
 
 
+def test_media_time_is_the_scene_clock() -> None:
+    """index / fps, however late the frames are read: the scene's script counts frames."""
+    src = source(fps=25.0)
+    assert [src.read(timeout=1.0).media_time for _ in range(3)] == [0.0, 0.04, 0.08]
+    assert src.frame_at(250).media_time == 10.0
+
+
 def test_realtime_source_times_out_when_the_next_frame_is_not_due() -> None:
     src = SyntheticSource(SceneScript(**SMALL, fps=0.5), realtime=True)
     assert src.read(timeout=1.0).index == 0  # the first frame is due at once

@@ -68,7 +68,12 @@ def _keeper(plate: np.ndarray) -> PlateKeeper:
 def _frames(image: np.ndarray) -> Callable[[], Frame]:
     """`image` as a new frame on each call: the keeper caches its work per frame index."""
     indices = itertools.count()
-    return lambda: Frame(image, next(indices), time.monotonic())
+
+    def frame() -> Frame:
+        now = time.monotonic()
+        return Frame(image, next(indices), now, now)  # a camera: media time is the clock
+
+    return frame
 
 
 def _idle_spec(scene: Scene, compositor: Compositor) -> Spec:
@@ -129,8 +134,9 @@ def _builder_specs(scene: Scene) -> list[Spec]:
     views = [(image, grid.shrink(image)) for image in (scene.image, scene.plate)]
     moving = (grid.shrink(scene.alpha) > 0.02).astype(np.uint8)
     turns = itertools.cycle(views)
+    times = (index / 30.0 for index in itertools.count())  # plate seconds at 30 fps
     while estimator.samples < estimator.capacity:  # full: the memory it holds from now on
-        estimator.add(*next(turns), moving)
+        estimator.add(*next(turns), moving, next(times))
     started = time.perf_counter()
     estimator.estimate()
     notes = {
@@ -141,7 +147,10 @@ def _builder_specs(scene: Scene) -> list[Spec]:
     mog2 = cv2.createBackgroundSubtractorMOG2()
     return [
         Spec(
-            "stage plate builder add", "stage", lambda: estimator.add(*next(turns), moving), notes
+            "stage plate builder add",
+            "stage",
+            lambda: estimator.add(*next(turns), moving, next(times)),
+            notes,
         ),
         Spec("stage MOG2 apply (builder baseline)", "stage", lambda: mog2.apply(next(turns)[0])),
     ]

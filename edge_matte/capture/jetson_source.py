@@ -9,6 +9,11 @@ Copies: `Capture` returns a cudaImage from a ring buffer the camera will overwri
 `cudaToNumpy` maps that same memory without copying (unified memory on Jetson), and the
 RGB->BGR conversion writes the one copy we keep. Nothing else is copied.
 
+Media time: each cudaImage carries `timestamp`, nanoseconds (jetson-utils' gstBufferManager
+stores the GStreamer buffer's DTS or PTS, or its own monotonic clock when the buffer has
+neither; 0 when its timestamp ring could not be read). A frame without a usable stamp takes
+our monotonic clock at capture instead.
+
 jetson-utils logs a warning for every capture timeout (gstCamera::Capture), four a second with
 our 250 ms timeout while a camera stalls; it is opened with `--log-level=error`, and this module
 says at most once per `STALL_LOG_S` that no frame is coming.
@@ -103,6 +108,7 @@ class JetsonGrabber:
             fps=float(self._source.GetFrameRate()) or fps,
         )
         self._last_frame = self._last_report = clock()
+        self.media_s = 0.0
 
     def grab(self) -> np.ndarray | None:
         try:
@@ -115,6 +121,7 @@ class JetsonGrabber:
             self._report_stall()
             return None
         self._last_frame = self._clock()
+        self.media_s = _media_seconds(image, self._last_frame)
         self._utils.cudaDeviceSynchronize()
         rgb = self._utils.cudaToNumpy(image)  # a view of the ring buffer, no copy
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # the copy we keep
@@ -127,3 +134,9 @@ class JetsonGrabber:
         if now - max(self._last_frame, self._last_report) >= STALL_LOG_S:
             _LOG.warning("no frame from %s for %.0f s", self._label, now - self._last_frame)
             self._last_report = now
+
+
+def _media_seconds(image: Any, captured: float) -> float:
+    """The frame's own timestamp in seconds, or `captured` (our clock) when it has none."""
+    stamp = getattr(image, "timestamp", 0)  # nanoseconds; jetson-utils has had it since 2022
+    return stamp / 1e9 if isinstance(stamp, int) and stamp > 0 else captured

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +50,11 @@ def _checked(capture: cv2.VideoCapture, label: str, why: str) -> cv2.VideoCaptur
 
 
 class LiveGrabber:
-    """A camera (V4L2 or RTSP): a failed read means the device or stream is gone."""
+    """A camera (V4L2 or RTSP): a failed read means the device or stream is gone.
+
+    Media time is the monotonic clock when the read returned: OpenCV's position of a network
+    stream restarts or jumps with the camera, while the frames' spacing is what the plate needs.
+    """
 
     pace_s: float | None = None  # a live device paces itself
 
@@ -57,11 +62,13 @@ class LiveGrabber:
         self._capture = capture
         self._label = label
         self.info = _info(capture, label, fallback_fps)
+        self.media_s = 0.0
 
     def grab(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if not ok or image is None:
             raise SourceError(f"{self._label} stopped delivering frames (disconnected or stalled)")
+        self.media_s = time.monotonic()
         return image
 
     def close(self) -> None:
@@ -73,7 +80,9 @@ class FileGrabber:
 
     Headers lie: tree.avi's says 444 frames at 15 fps and the file holds 68 spread over the
     same 29.6 s. So the end of a file is judged by its frames' presentation times (`Timeline`),
-    and each frame is due when its timestamp says (`pace_s`), not at the header's rate.
+    and each frame is due when its timestamp says (`pace_s`), not at the header's rate. Its
+    media time (`media_s`) is the sum of those delays: the file's own timestamps, continued
+    across loops and holes by the same rule, so it never goes back when the file starts again.
     """
 
     def __init__(
@@ -86,11 +95,13 @@ class FileGrabber:
         self.info = _info(self._capture, label, fallback_fps=30.0)
         self._timeline = Timeline(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT)), self.info.fps)
         self.pace_s: float | None = 0.0
+        self.media_s = 0.0
 
     def grab(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if ok and image is not None:
             self.pace_s = self._timeline.add(self._capture.get(cv2.CAP_PROP_POS_MSEC))
+            self.media_s += self.pace_s
             return image
         self._check_complete()
         if not self._loop:

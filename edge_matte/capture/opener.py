@@ -38,6 +38,8 @@ class Grabber(Protocol):
     # Seconds after the previous frame the one just grabbed is due (files); None: the device
     # paces itself (cameras).
     pace_s: float | None
+    # The media time of the frame just grabbed, seconds on the device's own clock (see Frame).
+    media_s: float
 
     def grab(self) -> np.ndarray | None: ...
 
@@ -85,7 +87,8 @@ class ThreadedSource:
                 due = max(due + self._grabber.pace_s, time.monotonic() - 1.0)
                 if self._stop.wait(max(0.0, due - time.monotonic())):
                     return
-            self._publish(Frame(self._resized(image), index, time.monotonic()))
+            frame = Frame(self._resized(image), index, time.monotonic(), self._grabber.media_s)
+            self._publish(frame)
             index += 1
 
     def _resized(self, image: np.ndarray) -> np.ndarray:

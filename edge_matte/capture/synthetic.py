@@ -335,7 +335,8 @@ class SyntheticSource:
                 sprite = self._sprites[placement.subject]
                 synth.paste_over(canvas, alpha[box], sprite, placement.x - left, placement.y - top)
             image[box] = cv2.add(synth.to_uint8(canvas), noise[box], dtype=cv2.CV_8U)
-        return Frame(image, index, time.monotonic(), alpha, truth_background)
+        media_time = index / self._script.fps  # the scene's own clock: its script counts frames
+        return Frame(image, index, time.monotonic(), media_time, alpha, truth_background)
 
     def close(self) -> None:
         self._closed = True

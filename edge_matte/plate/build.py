@@ -1,5 +1,10 @@
 """Making a plate from an empty scene: the temporal median of a few frames.
 
+The capture lasts `frames` nominal intervals of plate time (see `clock`) and combines at most one
+frame per interval: at the nominal rate that is `frames` consecutive frames, as the setting
+says; when frames are dropped it still lasts as long (fitting the empty moment it was started
+in) and combines those that came; a source faster than its nominal rate adds no more frames.
+
 `MedianCapture` keeps its frames sorted per pixel as they arrive (a bubble insertion with
 `cv2.min`/`cv2.max`, a few ms per frame at 720p), so the median is ready the moment the last
 frame comes in instead of costing a ~1 s `np.median` stall in the frame loop.
@@ -12,38 +17,53 @@ import math
 import cv2
 import numpy as np
 
+from edge_matte.plate.clock import reached
+
 _MAX_STACK = 31  # frames kept for the median; longer captures are subsampled evenly
+_SLOT_ROUNDING = 1e-6  # a frame stamped k intervals in (rounding below k) is in interval k
 
 
 class MedianCapture:
-    """Temporal median of `frames` consecutive frames (at most 31 of them combined)."""
+    """Temporal median over `frames` intervals of `interval_s` plate seconds (at most one frame
+    per interval combined, 31 in all)."""
 
-    def __init__(self, frames: int) -> None:
+    def __init__(self, frames: int, interval_s: float) -> None:
         self.frames = max(1, frames)
+        self._interval = interval_s
         self._stride = math.ceil(self.frames / _MAX_STACK)
+        self._depth = math.ceil(self.frames / self._stride)
         self._stack: np.ndarray | None = None
         self._spare: np.ndarray | None = None
         self._kept = 0
         self._seen = 0
+        self._start: float | None = None
+        self._elapsed = 0.0
+        self._slot = -1  # the stack slot of the last frame inserted
 
     @property
     def done(self) -> bool:
-        return self._seen >= self.frames
+        return reached(self._elapsed, self.frames * self._interval)
 
     @property
     def seen(self) -> int:
         return self._seen
 
-    def add(self, image: np.ndarray) -> None:
-        """Take one BGR frame; every `stride`-th one is inserted into the per-pixel sorted stack."""
-        if self._seen % self._stride == 0:
+    def add(self, image: np.ndarray, now: float) -> None:
+        """Take one BGR frame at plate time `now`; the first of each `stride` intervals is
+        inserted into the per-pixel sorted stack."""
+        if self._start is None:
+            self._start = now - self._interval  # the first frame stands for one interval
+        self._elapsed = now - self._start
+        interval = math.floor(self._elapsed / self._interval + _SLOT_ROUNDING) - 1
+        slot = interval // self._stride
+        if slot > self._slot and self._kept < self._depth:
+            self._slot = slot
             self._insert(image)
         self._seen += 1
 
     def _insert(self, image: np.ndarray) -> None:
         if self._stack is None:
-            depth = math.ceil(self.frames / self._stride)
-            self._stack = np.empty((depth, *image.shape), np.uint8)
+            self._stack = np.empty((self._depth, *image.shape), np.uint8)
             self._spare = np.empty_like(image)
         value, spare = image.copy(), self._spare
         for row in self._stack[: self._kept]:

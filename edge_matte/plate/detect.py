@@ -1,9 +1,10 @@
 """Is the scene empty? Evidence that does not depend on the plate being right.
 
-The main evidence is stillness: frame differencing on the coarse grid against the frame a few
-frames back (so slow movements register too, while a lighting ramp of a few percent per second
-stays under the threshold). Thresholds come from the calibrated noise when a profile exists,
-else from a live robust estimate: the median absolute frame difference over the cells that
+The main evidence is stillness: frame differencing on the coarse grid against the frame a sixth
+of a second back in media time (so slow movements register too, while a lighting ramp of a few
+percent per second stays under the threshold), and how long the scene has been still, in
+seconds of plate time (`clock`), whatever frames were dropped. Thresholds come from the
+calibrated noise when a profile exists, else from a live robust estimate: the median absolute frame difference over the cells that
 changed at all. Compressed video repeats unchanged blocks, so most differences of an MPEG-4 or
 H.264 stream are exactly 0 (62 % on `vtest.avi`) and a plain median collapses to the floor
 while the noise is ~1 level on the grid (~1.8 at full resolution); a camera that repeats
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from edge_matte.config.profile import Profile
+from edge_matte.plate.clock import reached
 from edge_matte.plate.grid import Grid
 
 _LOG = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ _MOTION_SIGMAS = 5.0  # motion: a frame difference beyond 5 sigma of the differe
 _MIN_MOTION = 3.0  # levels; never lower, whatever the noise estimate
 _PLATE_SIGMAS, _MIN_PLATE = 6.0, 4.0  # a cell differs from the plate beyond 6 sigma, >= 4 levels
 _EMPTY_SIGMAS, _MIN_EMPTY = 2.5, 1.5  # mean frame-to-plate difference of a scene that matches
+_LAG_S = 1 / 6  # stillness compares each frame with the newest one at least this much older
+_MAX_HISTORY = 32  # frames kept for that comparison (a fast camera: the lag is then shorter)
 _VETO_WIDTH = 640  # HOG runs on the frame scaled to at most this width
 _VETO_WEIGHT = 0.5  # HOG detections weaker than this are ignored
 
@@ -88,37 +92,47 @@ class NoiseModel:
 
 
 class StillnessDetector:
-    """Counts consecutive still frames and remembers whether the scene has ever changed."""
+    """Measures how long the scene has been still (plate seconds) and remembers whether it has
+    ever changed."""
 
-    def __init__(self, grid: Grid, noise: NoiseModel, fps: float) -> None:
+    def __init__(self, grid: Grid, noise: NoiseModel) -> None:
         self._noise = noise
-        self._history: deque[np.ndarray] = deque(maxlen=max(1, round(fps / 6)) + 1)
+        self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=_MAX_HISTORY)
         self._min_cells = max(3, round(grid.cells * _MOVING_FRACTION))
         self._frames = 0
+        self._still_since: float | None = None  # plate time of the last motion (or first frame)
+        self._now = 0.0
         self.moving = np.zeros(grid.size[::-1], np.uint8)
-        self.still_frames = 0
         self.motion_seen = False
 
-    def update(self, luma: np.ndarray) -> bool:
-        """Feed one frame's grid luma; return True when it shows motion."""
-        self._history.append(luma)
+    @property
+    def still_s(self) -> float:
+        """Plate seconds since the last frame that showed motion (0 while moving)."""
+        return 0.0 if self._still_since is None else self._now - self._still_since
+
+    def update(self, luma: np.ndarray, now: float) -> bool:
+        """Feed one frame's grid luma at plate time `now`; return True when it shows motion."""
+        self._now = now
+        self._history.append((now, luma))
+        while len(self._history) > 2 and reached(now - self._history[1][0], _LAG_S):
+            self._history.popleft()  # the next one is old enough to compare with
         self._frames += 1
         if len(self._history) < 2:
+            self._still_since = now
             return False
-        difference = cv2.absdiff(luma, self._history[0])
+        difference = cv2.absdiff(luma, self._history[0][1])
         if self._frames % _ESTIMATE_EVERY == 0:
             self._noise.observe(difference)
         self.moving = (difference > self._noise.motion_threshold).astype(np.uint8)
         if cv2.countNonZero(self.moving) >= self._min_cells:
-            self.still_frames = 0
+            self._still_since = now
             self.motion_seen = True
             return True
-        self.still_frames += 1
         return False
 
     def restart(self) -> None:
-        """Start counting stillness again (after a veto or an aborted capture)."""
-        self.still_frames = 0
+        """Start measuring stillness again (after a veto or an aborted capture)."""
+        self._still_since = self._now
 
 
 def coverage(alpha_small: np.ndarray) -> float:

@@ -44,6 +44,7 @@ def blend(base: np.ndarray, target: np.ndarray, mask: np.ndarray, rate: float) -
     cv2.accumulateWeighted(target, base, rate, mask=mask)
 
 
-def rate_for(rate_per_frame: float, frames: int) -> float:
-    """The rate that, applied once every `frames` frames, matches `rate_per_frame` applied each frame."""
+def rate_for(rate_per_frame: float, frames: float) -> float:
+    """The rate that, applied once every `frames` frames (a fraction where frames were dropped),
+    matches `rate_per_frame` applied each frame."""
     return 1.0 - (1.0 - rate_per_frame) ** frames

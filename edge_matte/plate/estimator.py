@@ -6,11 +6,14 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
 * **Motion per pixel.** A sample counts for a pixel unless the grid cell under it (2-6 px wide)
   or a neighbouring cell moved within the last `_HOLD_S` (frame difference beyond the noise, see
   `detect`). Nothing is voided far from where something moved, so a street that always has
-  someone in it still gives evidence almost everywhere.
-* **Samples spread over the whole history, in bounded memory.** Up to `capacity` frames are kept
-  (`_MEMORY_BYTES` whatever the frame size: 56 at 576p, 27 at 720p, 12 at 1080p); when full,
-  every other one is dropped and the sampling stride doubles, so the kept samples always span
-  everything seen so far. A person who stands for a while covers a few samples, not most.
+  someone in it still gives evidence almost everywhere. Every span here is plate time
+  (`clock`): the frames' media time, so dropped frames change how many samples there are, never
+  how long they span.
+* **Samples spread over the whole history, in bounded memory.** At most one frame per sampling
+  period (`1 / _SAMPLE_HZ` at first) is kept, up to `capacity` frames (`_MEMORY_BYTES` whatever
+  the frame size: 56 at 576p, 27 at 720p, 12 at 1080p); when full, every other one is dropped
+  and the period doubles, so the kept samples always span everything seen so far. A person who
+  stands for a while covers a few samples, not most.
 * **Exposure drift is taken out.** Each sample is divided by its per-channel gain against the
   estimate (median ratio over still cells) and the plate is given in the median light of the
   samples, so a few bright seconds do not bias it. Only where the gain explains the change (it
@@ -41,11 +44,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import threading
 
 import cv2
 import numpy as np
 
+from edge_matte.plate.clock import reached
 from edge_matte.plate.detect import NoiseModel
 from edge_matte.plate.drift import gain_cells, measure_gain
 from edge_matte.plate.grid import Grid
@@ -75,6 +80,7 @@ _GAIN_STEPS = 512  # gains closer to 1 than 1/512 are not applied
 _GAIN_EXPLAINS = 0.8  # a gain is applied when it leaves at most this share of the difference
 _GAIN_CELLS = 4096  # cells the residual is measured on
 _STRIP_ROWS = 32  # the median is found this many rows at a time
+_SLOT_ROUNDING = 1e-6  # a frame stamped k periods in (k * 0.1 = 0.30000000000000004) is in slot k
 
 
 def select(samples: list[np.ndarray], rank: np.ndarray) -> np.ndarray:
@@ -139,28 +145,30 @@ class BackgroundEstimator:
     """Keeps sub-sampled frames with their per-pixel stillness; estimates the plate on request."""
 
     def __init__(self, grid: Grid, fps: float, noise: NoiseModel) -> None:
+        """`fps`: the nominal rate, the share of time the first frame stands for."""
         self._grid = grid
         self._noise = noise
         width, height = grid.full
         self.capacity = int(
             np.clip(_MEMORY_BYTES // (width * height * 3), _MIN_CAPACITY, _MAX_CAPACITY)
         )
-        self._hold = max(1, round(_HOLD_S * fps))
-        self._stride = max(1, int(fps // _SAMPLE_HZ))
-        self._min_span = round(MIN_SPAN_S * fps)
+        self._interval = 1.0 / fps
+        self._period = 1.0 / _SAMPLE_HZ  # plate seconds between samples; doubles when thinned
         self._kernel = np.ones((2 * _SPREAD_CELLS + 1,) * 2, np.uint8)
         self._revealed = np.zeros(grid.size[::-1], bool)  # cells where something ever moved
-        self._last_moved = np.full(grid.size[::-1], -(10**6), np.int64)
+        self._last_moved = np.full(grid.size[::-1], -np.inf)  # plate time, per cell
         self._last_near = self._last_moved.copy()
         quiet = 2 * max(1, round(grid.size[0] * _QUIET_RADIUS)) + 1
         self._quiet_kernel = np.ones((quiet, quiet), np.uint8)
-        self._quiet_frames = max(1, round(_QUIET_S * fps))
         self._images: list[np.ndarray] = []
         self._still: list[np.ndarray] = []  # uint8 grid masks, 1 = evidence
         self._quiet: list[np.ndarray] = []  # uint8 grid masks, 1 = nothing moved near for a while
         self._gains: list[np.ndarray] = []
         self._reference: np.ndarray | None = None  # grid image the gains are measured against
         self._frames = 0
+        self._origin: float | None = None  # plate time the first frame's span starts at
+        self._span_s = 0.0  # plate time the frames seen cover
+        self._sampled_slot = -1  # the sampling period of the last sample kept
         self._lock = threading.Lock()  # `estimate` may run on a worker thread while frames come
 
     @property
@@ -172,28 +180,38 @@ class BackgroundEstimator:
         return self._frames
 
     @property
+    def span_s(self) -> float:
+        """Plate seconds the frames seen so far cover (each frame stands for its step)."""
+        return self._span_s
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the kept samples and the per-cell state (bytes)."""
         kept = self._images + self._still + self._quiet
         return sum(a.nbytes for a in kept) + self._last_moved.nbytes * 2 + self._revealed.nbytes
 
-    def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
-        """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells); True
-        when it was kept as a sample."""
+    def add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float) -> bool:
+        """Take one frame (full-res BGR, its grid copy, uint8 grid mask of moving cells) at
+        plate time `now` (seconds, never decreasing); True when it was kept as a sample."""
         with self._lock:
-            return self._add(image, small, moving)
+            return self._add(image, small, moving, now)
 
-    def _add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> bool:
-        self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = self._frames
-        self._last_near[cv2.dilate(moving, self._quiet_kernel).astype(bool)] = self._frames
+    def _add(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float) -> bool:
+        self._last_moved[cv2.dilate(moving, self._kernel).astype(bool)] = now
+        self._last_near[cv2.dilate(moving, self._quiet_kernel).astype(bool)] = now
         self._frames += 1
-        if (self._frames - 1) % self._stride:
+        if self._origin is None:
+            self._origin = now - self._interval
+        self._span_s = now - self._origin
+        # periods counted from the first frame, which is always a sample (so is each kept
+        # sample's every other successor after a thinning)
+        slot = math.floor((self._span_s - self._interval) / self._period + _SLOT_ROUNDING)
+        if slot <= self._sampled_slot:
             return False
+        self._sampled_slot = slot
         self._revealed |= moving.astype(bool)
-        still = (self._frames - 1 - self._last_moved >= self._hold).astype(np.uint8)
-        self._quiet.append(
-            (self._frames - 1 - self._last_near >= self._quiet_frames).astype(np.uint8)
-        )
+        still = reached(now - self._last_moved, _HOLD_S).astype(np.uint8)
+        self._quiet.append(reached(now - self._last_near, _QUIET_S).astype(np.uint8))
         gain = self._gain(small, still)
         if np.any(np.abs(gain - 1.0) * _GAIN_STEPS >= 1.0):
             image = cv2.transform(image, np.diag(1.0 / gain))
@@ -220,11 +238,12 @@ class BackgroundEstimator:
         return gain
 
     def _thin(self) -> None:
-        """Drop every other sample and double the stride: the rest still spans the whole history."""
+        """Drop every other sample and double the period: the rest still spans the whole history."""
         for kept in (self._images, self._still, self._quiet, self._gains):
             kept[:] = kept[::2]
-        self._stride *= 2
-        _LOG.debug("plate evidence: stride now %d frames", self._stride)
+        self._period *= 2
+        self._sampled_slot = math.floor(self._sampled_slot / 2)
+        _LOG.debug("plate evidence: a sample every %.1f s now", self._period)
 
     def estimate(self) -> Estimate:
         """The plate from the samples kept (see the module docstring); ValueError without samples.
@@ -253,7 +272,7 @@ class BackgroundEstimator:
         agreeing = _count([(d <= self._agreement()).astype(np.uint8) for d in deviation])
         spread_rank = np.floor(_SPREAD_QUANTILE * np.maximum(valid - 1, 0)).astype(np.int32)
         moves = self._grid.expand(dynamic.astype(np.uint8)).astype(bool)
-        long_enough = self._frames >= self._min_span
+        long_enough = reached(self._span_s, MIN_SPAN_S)
         known = (
             (float(np.mean(self._revealed)) >= _MIN_REVEALED)
             & (valid >= max(_MIN_STILL, _MIN_STILL_SHARE * count))

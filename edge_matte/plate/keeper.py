@@ -30,6 +30,11 @@ compensated by warping (<= `max_shift_px`) or answered by dropping the plate and
 Drift (mean difference over background cells) above `refresh_threshold` for half a second marks
 the plate stale; a stale plate is still served and recaptured as soon as the scene is empty.
 
+Every span above (stillness, the per-pixel plate's 10 s, half a second of drift) is plate time
+(`clock`): the frames' media time, so a daemon dropping frames under load, or a camera faster or
+slower than its nominal rate, waits the same seconds of scene; `fps` (nominal) only fills in
+for frames whose step is unusable (the first, a loop, an outage).
+
 `freeze` stops everything that would replace or repaint the plate (capture, refresh, slow update);
 gain correction and small realignments continue because they keep the same plate valid.
 """
@@ -53,6 +58,7 @@ from edge_matte.events import Emit, Event
 from edge_matte.frames import Frame, Matte
 from edge_matte.plate import store
 from edge_matte.plate.align import Shift
+from edge_matte.plate.clock import PlateClock, reached
 from edge_matte.plate.detect import NoiseModel, PersonVeto, StillnessDetector, coverage
 from edge_matte.plate.estimator import BackgroundEstimator
 from edge_matte.plate.grid import Grid, grey
@@ -116,8 +122,8 @@ class PlateKeeper:
         self._maker: PlateMaker | None = None  # while capturing
         self._improving: Evaluator | None = None  # a per-pixel plate still learning
         self._view_cache: View | None = None
-        self._frames = 0
-        self._stale_frames = 0
+        self._clock = PlateClock(fps)
+        self._stale_s = 0.0  # plate seconds the drift has been over the threshold
         self._saved_at = -float("inf")  # time.monotonic() of the last save
 
     # -- what the pipeline reads ------------------------------------------------------------------
@@ -154,15 +160,15 @@ class PlateKeeper:
         """Per frame, after matting (`matte` None when there was no plate or the engine was skipped)."""
         with self._lock:
             started = time.perf_counter()
+            now = self._clock.tick(frame.media_time)
             view = self._view(frame)
-            moving = self._detector.update(view.luma)
+            moving = self._detector.update(view.luma, now)
             alpha = self._grid.shrink(matte.alpha) if matte is not None else None
             if self._live is not None:
                 self._keep(frame, view, alpha)
             self._step(frame, view, alpha, moving)
             if self._improving is not None and self._live is not None and not self.frozen:
                 self._improve(frame, view)
-            self._frames += 1
             self._timings.append(time.perf_counter() - started + view.cost_s)
 
     # -- per-frame work ---------------------------------------------------------------------------
@@ -170,7 +176,7 @@ class PlateKeeper:
     def _setup(self, width: int, height: int) -> None:
         self._grid = Grid(width, height)
         self._noise = NoiseModel(self._grid, self._profile)
-        self._detector = StillnessDetector(self._grid, self._noise, self._fps)
+        self._detector = StillnessDetector(self._grid, self._noise)
         self._upkeep = Upkeep(self._grid, self._noise, self._config, self._fps)
         self._view_cache = None
 
@@ -201,7 +207,7 @@ class PlateKeeper:
 
     def _keep(self, frame: Frame, view: View, alpha: np.ndarray | None) -> None:
         moved = self._upkeep.step(
-            self._live, frame, view, alpha, self._detector.moving, self.frozen
+            self._live, frame, view, alpha, self._detector.moving, self.frozen, self._clock.now
         )
         if moved is not None:
             self._follow(moved)
@@ -245,10 +251,9 @@ class PlateKeeper:
             self._capture(frame, view, alpha, moving, automatic)
 
     def _watch_drift(self) -> None:
-        self._stale_frames = (
-            self._stale_frames + 1 if self._upkeep.drift > self._config.refresh_threshold else 0
-        )
-        if self._stale_frames >= max(1, round(_STALE_S * self._fps)):
+        drifted = self._upkeep.drift > self._config.refresh_threshold
+        self._stale_s = self._stale_s + self._clock.step if drifted else 0.0
+        if reached(self._stale_s, _STALE_S):
             self._change(
                 PlateState.STALE,
                 "plate.stale",
@@ -261,7 +266,7 @@ class PlateKeeper:
         self, frame: Frame, view: View, alpha: np.ndarray | None, automatic: bool
     ) -> None:
         if self._upkeep.drift <= self._config.refresh_threshold / 2:
-            self._stale_frames = 0
+            self._stale_s = 0.0
             self._change(
                 PlateState.READY,
                 "plate.refreshed",
@@ -273,7 +278,9 @@ class PlateKeeper:
 
     def _improve(self, frame: Frame, view: View) -> None:
         """Feed the per-pixel estimator behind the installed plate; install what it learns."""
-        self._improving.estimator.add(frame.image, view.small, self._detector.moving)
+        self._improving.estimator.add(
+            frame.image, view.small, self._detector.moving, self._clock.now
+        )
         estimate = self._improving.poll()
         if estimate is not None and estimate.known_fraction >= min(
             READY_KNOWN, self._live.known_fraction
@@ -293,12 +300,14 @@ class PlateKeeper:
         self._maker = self._maker or self._new_maker()
         self._change(PlateState.CAPTURING, "plate.capturing", reason)
 
-    def _stillness_frames(self) -> int:
-        return max(1, round(self._config.stillness_s * self._fps))
+    def _still_long_enough(self) -> bool:
+        """Still for `stillness_s` of plate time, and for one frame at least."""
+        still = self._detector.still_s
+        return still > 0.0 and reached(still, self._config.stillness_s)
 
     def _empty(self, frame: Frame, view: View, alpha: np.ndarray | None) -> bool:
         """Is the scene empty? See the module docstring for the rule."""
-        if self._detector.still_frames < self._stillness_frames():
+        if not self._still_long_enough():
             return False
         if self._live is not None:
             nobody = (
@@ -321,6 +330,7 @@ class PlateKeeper:
             frame.image,
             view.small,
             self._detector.moving,
+            self._clock.now,
             motion,
             automatic,
             lambda: self._empty(frame, view, alpha),
@@ -340,7 +350,7 @@ class PlateKeeper:
         self._live = live
         self._maker = None
         self._improving = None
-        self._stale_frames = 0
+        self._stale_s = 0.0
         self._view_cache = None
         self._upkeep.reset()
         kind = kind or ("plate.refreshed" if replaced else "plate.captured")
@@ -388,7 +398,8 @@ class PlateKeeper:
     # -- control ----------------------------------------------------------------------------------
 
     def capture_now(self) -> None:
-        """Capture the next `capture_frames` frames as the plate, without waiting for stillness."""
+        """Estimate the plate from the next few seconds (at least `capture_frames` frames),
+        without waiting for stillness."""
         with self._lock:
             self._maker = self._maker or self._new_maker()
             self._maker.request(self._new_estimator)

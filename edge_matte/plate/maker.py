@@ -7,7 +7,7 @@ still, so people walking past do not become ghosts. While there is no plate at a
 per-pixel estimator (`estimator`) runs whenever no median is being taken, so a scene that never
 empties still gets a plate once `READY_KNOWN` of it is known; whichever finishes first wins.
 The estimator is evaluated every `_ESTIMATE_EVERY_S`, or a tenth of the evidence's span once
-that is longer (at most every `_MAX_EVERY_S`), about a second of work at 576p with 64 samples: "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
+that is longer (at most every `_MAX_EVERY_S`; all in plate time, see `clock`), about a second of work at 576p with 64 samples: "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
 so the daemon's frame loop never stalls, or "final": never while frames come (an offline build
 asks once, at the end).
 """
@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from edge_matte.plate.build import MedianCapture
+from edge_matte.plate.clock import reached
 from edge_matte.plate.estimator import MIN_SPAN_S, BackgroundEstimator, Estimate
 
 _LOG = logging.getLogger(__name__)
@@ -55,29 +56,26 @@ def from_estimate(estimate: Estimate, how: str) -> NewPlate:
 class Evaluator:
     """Runs `estimate()` of one estimator now and then, in the frame loop or on a worker thread."""
 
-    def __init__(self, estimator: BackgroundEstimator, fps: float, mode: Estimates) -> None:
+    def __init__(self, estimator: BackgroundEstimator, mode: Estimates) -> None:
         self.estimator = estimator
-        self._every = max(1, round(_ESTIMATE_EVERY_S * fps))
-        self._max_every = max(1, round(_MAX_EVERY_S * fps))
-        self._first = max(1, round(MIN_SPAN_S * fps))
         self._mode = mode
-        self._last = 0
+        self._last = 0.0  # the estimator's span at the last estimate
         self._worker: threading.Thread | None = None
         self._done: Estimate | None = None
         self.latest: Estimate | None = None
 
     def poll(self) -> Estimate | None:
         """A new estimate when one is ready (at most one per period)."""
-        frames = self.estimator.frames
+        span = self.estimator.span_s
         if self._worker is not None and not self._worker.is_alive():
             self._worker, result, self._done = None, self._done, None
             return self._keep(result)
         if self._mode == "final" or self._worker is not None:
             return None
-        every = min(max(self._every, round(_EVERY_SHARE * frames)), self._max_every)
-        if frames < self._first or frames - self._last < every:
+        every = min(max(_ESTIMATE_EVERY_S, _EVERY_SHARE * span), _MAX_EVERY_S)
+        if not reached(span, MIN_SPAN_S) or not reached(span - self._last, every):
             return None
-        self._last = frames
+        self._last = span
         if self._mode == "inline":
             return self._keep(self.estimator.estimate())
         self._worker = threading.Thread(target=self._run, name="plate-estimate", daemon=True)
@@ -97,12 +95,12 @@ class PlateMaker:
     """Runs the median capture and the per-pixel estimator for one capturing period."""
 
     def __init__(self, capture_frames: int, fps: float, estimates: Estimates = "inline") -> None:
+        """`fps`: the nominal rate; a median capture lasts `capture_frames` frames of it."""
         self._capture_frames = capture_frames
-        self._fps = fps
+        self._interval = 1.0 / fps
         self._estimates = estimates
         self._median: MedianCapture | None = None
         self._manual: Callable[[], BackgroundEstimator] | BackgroundEstimator | None = None
-        self._manual_frames = 0
         self._builder: Evaluator | None = None
 
     def request(self, estimator: Callable[[], BackgroundEstimator]) -> None:
@@ -110,12 +108,11 @@ class PlateMaker:
         estimator is made on the next frame (the frame size may not be known yet)."""
         self._median = None
         self._manual = estimator
-        self._manual_frames = max(self._capture_frames, round(_MANUAL_S * self._fps))
 
     def build(self, estimator: BackgroundEstimator) -> None:
         """Also build per pixel (there is no plate to fall back on)."""
         if self._builder is None:
-            self._builder = Evaluator(estimator, self._fps, self._estimates)
+            self._builder = Evaluator(estimator, self._estimates)
 
     @property
     def building(self) -> Evaluator | None:
@@ -126,26 +123,28 @@ class PlateMaker:
         image: np.ndarray,
         small: np.ndarray,
         moving: np.ndarray,
+        now: float,
         motion: bool,
         automatic: bool,
         empty: Callable[[], bool],
     ) -> NewPlate | None:
-        """One frame: `moving` grid mask, `motion` this frame; `empty()` is asked only when needed."""
+        """One frame at plate time `now`: `moving` grid mask, `motion` this frame; `empty()` is
+        asked only when needed."""
         if self._manual is not None:
-            return self._take_manual(image, small, moving)
+            return self._take_manual(image, small, moving, now)
         if self._median is not None and motion:
             _LOG.info("motion during plate capture: waiting for stillness again")
             self._median = None
         if self._median is None and automatic and empty():
-            self._median = MedianCapture(self._capture_frames)
+            self._median = MedianCapture(self._capture_frames, self._interval)
         if self._median is not None:  # the scene is empty: the per-pixel builder can pause
-            return self._take(image)
+            return self._take(image, now)
         if self._builder is not None and automatic:
-            return self._build(image, small, moving)
+            return self._build(image, small, moving, now)
         return None
 
-    def _take(self, image: np.ndarray) -> NewPlate | None:
-        self._median.add(image)
+    def _take(self, image: np.ndarray, now: float) -> NewPlate | None:
+        self._median.add(image, now)
         if not self._median.done:
             return None
         return NewPlate(
@@ -153,21 +152,23 @@ class PlateMaker:
         )
 
     def _take_manual(
-        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray
+        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float
     ) -> NewPlate | None:
         if not isinstance(self._manual, BackgroundEstimator):
             self._manual = self._manual()
         estimator = self._manual
-        estimator.add(image, small, moving)
-        if estimator.frames < self._manual_frames:
+        estimator.add(image, small, moving, now)
+        if estimator.frames < self._capture_frames or not reached(estimator.span_s, _MANUAL_S):
             return None
         self._manual = None
         estimate = estimator.estimate()
         plate = from_estimate(estimate, f"manual, still samples of {estimator.frames} frames")
         return NewPlate(plate.image, "median", plate.known_fraction, plate.how, plate.variability)
 
-    def _build(self, image: np.ndarray, small: np.ndarray, moving: np.ndarray) -> NewPlate | None:
-        self._builder.estimator.add(image, small, moving)
+    def _build(
+        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float
+    ) -> NewPlate | None:
+        self._builder.estimator.add(image, small, moving, now)
         estimate = self._builder.poll()
         if estimate is None or estimate.known_fraction < READY_KNOWN:
             return None

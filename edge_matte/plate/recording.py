@@ -65,9 +65,9 @@ def _fallback(
     if not recent:
         raise MediaError("the recording has no frames")
     if not keeper.motion_seen:
-        median = MedianCapture(len(recent))
-        for image in recent:
-            median.add(image)
+        median = MedianCapture(len(recent), 1.0)  # every recent frame: one interval each
+        for index, image in enumerate(recent, 1):
+            median.add(image, float(index))
         status.update(
             method="median",
             known_fraction=1.0,

@@ -4,6 +4,10 @@ All of it works on the coarse grid except the slow update (every 4th frame, mask
 confirmed camera shift (measured once at full resolution). Background cells are those the matte
 calls background (alpha ~ 0, eroded by a cell) that are not moving; without a matte (the engine
 was skipped because the scene matched the plate) every still cell is background.
+
+Rates are per second of plate time (`clock`): alignment is checked `_ALIGN_PER_S` times a
+second, and the slow update pulls as far per second as `update_rate` per nominal frame would,
+however many frames were dropped.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from edge_matte.plate.grid import Grid, colour_difference, grow
 from edge_matte.plate.live import LivePlate
 
 BACKGROUND_ALPHA = 0.02  # matte alpha under which a cell is background
-_UPDATE_EVERY = 4  # frames between slow updates (the rate is scaled to match per-frame)
+_UPDATE_EVERY = 4  # frames between slow updates (the rate is scaled to the time they span)
 _ALIGN_PER_S = 10.0  # alignment checks per second
 _MIN_SHIFT_PX = 1.0  # smaller translations are left alone
 _SHIFT_AGREE_PX = 1.0  # two checks this close confirm a shift
+_SLOT_ROUNDING = 1e-6  # a frame stamped k periods in (rounding below k) is in period k
 _MIN_DRIFT_CELLS = 0.01  # below this background fraction drift is the median over all cells
 
 
@@ -72,17 +77,22 @@ class Upkeep:
     """Keeps one plate right frame by frame; reports a confirmed camera shift to the caller."""
 
     def __init__(self, grid: Grid, noise: NoiseModel, config: PlateConfig, fps: float) -> None:
+        """`fps`: the nominal rate `update_rate` is given per frame of."""
         self._noise = noise
         self._config = config
         self._aligner = ShiftEstimator(grid)
-        self._align_every = max(1, round(fps / _ALIGN_PER_S))
+        self._fps = fps
         self._pending: Shift | None = None
         self._frames = 0
+        self._aligned_slot = -1  # the alignment period of the last check
+        self._last_now: float | None = None
+        self._unblended_s = 0.0  # plate seconds of frames since the last slow update
         self.drift = 0.0  # mean difference to the plate over background cells, 8-bit levels
 
     def reset(self) -> None:
         """Forget per-plate state (a new plate was installed)."""
         self._pending = None
+        self._unblended_s = 0.0
         self.drift = 0.0
 
     def step(
@@ -93,25 +103,39 @@ class Upkeep:
         alpha: np.ndarray | None,
         moving: np.ndarray,
         frozen: bool,
+        now: float,
     ) -> Shift | None:
-        """One frame of care; return a confirmed camera shift (full resolution) when there is one."""
+        """One frame of care at plate time `now`; return a confirmed camera shift (full
+        resolution) when there is one."""
         self._frames += 1
+        self._unblended_s += now - self._last_now if self._last_now is not None else 1 / self._fps
+        self._last_now = now
         background = background_cells(moving, alpha)
         gain = measure_gain(view.small, live.base_small, cv2.bitwise_and(background, live.trusted))
         if gain is not None:
             live.set_gain(gain)
         compare(view, live, self._noise)
         self._measure_drift(view, background)
-        if self._frames % self._align_every == 0 or self._pending is not None:
+        if self._alignment_due(now) or self._pending is not None:
             moved = self._check_alignment(live, frame, view, alpha)
             if moved is not None or self._pending is not None:
-                return moved  # no slow update while the frame may not line up with the plate
-        if not frozen and self._config.update_rate > 0 and self._frames % _UPDATE_EVERY == 0:
+                self._unblended_s = 0.0  # no slow update while the frame may not line up
+                return moved
+        if frozen or self._config.update_rate == 0:
+            self._unblended_s = 0.0
+        elif self._frames % _UPDATE_EVERY == 0:
             threshold = live.threshold(self._noise.plate_threshold)
             unchanged = (view.difference <= threshold).astype(np.uint8)
-            rate = rate_for(self._config.update_rate, _UPDATE_EVERY)
+            rate = rate_for(self._config.update_rate, self._unblended_s * self._fps)
+            self._unblended_s = 0.0
             live.update(frame.image, view.small, background & unchanged, background, rate)
         return None
+
+    def _alignment_due(self, now: float) -> bool:
+        """True on the first frame of each alignment period (`1 / _ALIGN_PER_S` s)."""
+        slot = math.floor(now * _ALIGN_PER_S + _SLOT_ROUNDING)
+        due, self._aligned_slot = slot > self._aligned_slot, max(slot, self._aligned_slot)
+        return due
 
     def _measure_drift(self, view: View, background: np.ndarray) -> None:
         cells = background.astype(bool)

@@ -185,7 +185,7 @@ class UnpacedFile:
     def read(self, timeout: float) -> Frame:
         image = self._grabber.grab()
         self._index += 1
-        return Frame(image=image, index=self._index, time=time.monotonic())
+        return Frame(image, self._index, time.monotonic(), self._grabber.media_s)
 
     def close(self) -> None:
         self._grabber.close()
