@@ -7,8 +7,8 @@ else from a live robust estimate: the median absolute frame difference over the 
 changed at all. Compressed video repeats unchanged blocks, so most differences of an MPEG-4 or
 H.264 stream are exactly 0 (62 % on `vtest.avi`) and a plain median collapses to the floor
 while the noise is ~1 level on the grid (~1.8 at full resolution); a camera that repeats
-nothing has (almost) no exact zeros, so leaving them out changes nothing there. OpenCV's HOG people
-detector is an optional veto, run only at the moment a capture would start.
+nothing has (almost) no exact zeros, so leaving them out changes nothing there. The people
+detector (`people`) is an optional veto, run only at the moment a capture would start.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..profile import Profile
 from .grid import Grid
+from .people import PeopleDetector, missing_reason
 
 _LOG = logging.getLogger(__name__)
 _QUANTISATION = 0.29  # std of rounding the shrunken image to integers
@@ -39,8 +40,6 @@ _MOTION_SIGMAS = 5.0  # motion: a frame difference beyond 5 sigma of the differe
 _MIN_MOTION = 3.0  # levels; never lower, whatever the noise estimate
 _PLATE_SIGMAS, _MIN_PLATE = 6.0, 4.0  # a cell differs from the plate beyond 6 sigma, >= 4 levels
 _EMPTY_SIGMAS, _MIN_EMPTY = 2.5, 1.5  # mean frame-to-plate difference of a scene that matches
-_VETO_WIDTH = 640  # HOG runs on the frame scaled to at most this width
-_VETO_WEIGHT = 0.5  # HOG detections weaker than this are ignored
 
 
 class NoiseModel:
@@ -127,39 +126,24 @@ def coverage(alpha_small: np.ndarray) -> float:
 
 
 class PersonVeto:
-    """OpenCV's built-in HOG people detector, loaded on first use (it costs tens of ms per call).
-
-    OpenCV 5 moved HOG out of the main package; without it the veto is off, with one warning.
-    """
+    """The people detector (`people`) as a veto on capture, loaded on first use (tens of ms a
+    call). Without one (OpenCV 5) the veto is off, with one warning."""
 
     def __init__(self) -> None:
-        self._hog: cv2.HOGDescriptor | None = None
+        self._detector: PeopleDetector | None = None
         self._missing = False
-
-    @property
-    def available(self) -> bool:
-        return hasattr(cv2, "HOGDescriptor")
 
     def present(self, image: np.ndarray) -> bool:
         """True when a person is detected anywhere in the BGR frame."""
-        if self._hog is None:
-            if not self.available:
+        if self._detector is None:
+            reason = missing_reason()
+            if reason is not None:
                 if not self._missing:
-                    _LOG.warning(
-                        "person_veto: this OpenCV (%s) has no HOG detector; veto off",
-                        cv2.__version__,
-                    )
+                    _LOG.warning("person_veto off: %s", reason)
                     self._missing = True
                 return False
-            self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-        scale = min(1.0, _VETO_WIDTH / image.shape[1])
-        if scale < 1.0:
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        _, weights = self._hog.detectMultiScale(image, winStride=(8, 8), padding=(8, 8), scale=1.05)
-        found = bool(len(weights)) and float(np.max(weights)) > _VETO_WEIGHT
+            self._detector = PeopleDetector()
+        found = bool(self._detector.boxes(image))
         if found:
-            _LOG.info(
-                "person detector vetoed a plate capture (weight %.2f)", float(np.max(weights))
-            )
+            _LOG.info("person detector vetoed a plate capture")
         return found

@@ -58,6 +58,7 @@ from .estimator import BackgroundEstimator
 from .grid import Grid, grey
 from .live import LivePlate
 from .maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
+from .people import PeopleWatch, missing_reason
 from .upkeep import Upkeep, View, compare
 
 _LOG = logging.getLogger(__name__)
@@ -77,6 +78,16 @@ class PlateState(str, Enum):
     READY = "ready"
     STALE = "stale"
     MISALIGNED = "misaligned"
+
+
+def _people_off(config: PlateConfig) -> str | None:
+    """Why the people detector gives no evidence to the per-pixel plate (None: it does)."""
+    if not config.people_evidence:
+        return "plate.people_evidence is false"
+    reason = missing_reason()
+    if reason is not None:
+        _LOG.warning("people evidence off: %s; a person standing still may become plate", reason)
+    return reason
 
 
 class PlateKeeper:
@@ -108,6 +119,7 @@ class PlateKeeper:
         self._fps = fps
         self._lock = threading.RLock()
         self._veto = PersonVeto()
+        self._people_off = _people_off(config)
         self._timings: deque[float] = deque(maxlen=_TIMING_WINDOW)
         self.state = PlateState.NONE
         self.frozen = False
@@ -331,7 +343,11 @@ class PlateKeeper:
             self._improving = improving
 
     def _new_estimator(self) -> BackgroundEstimator:
-        return BackgroundEstimator(self._grid, self._fps, self._noise)
+        people = None
+        if self._people_off is None:
+            threaded = self._estimates == "background"
+            people = PeopleWatch(self._grid, self._fps, threaded)
+        return BackgroundEstimator(self._grid, self._fps, self._noise, people)
 
     def _install(self, new: NewPlate, message: str | None, kind: str | None = None) -> None:
         replaced = self._live is not None
@@ -488,6 +504,7 @@ class PlateKeeper:
                 if latest is None
                 else round(latest.known_fraction, 4),
                 "ready_known_fraction": READY_KNOWN,
+                "people_evidence": "on" if self._people_off is None else f"off: {self._people_off}",
                 "waiting_for": self._waiting_for(latest),
             }
 
