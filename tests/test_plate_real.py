@@ -111,11 +111,12 @@ def test_vtest_plate_converges_in_a_street_that_is_never_empty(vtest) -> None:
         figures[horizon] = (ours, mog2, status["known_fraction"])
     print(figures)
     (mae, p99), (mog2_mae, _), known = figures[len(frames)]
-    assert mae <= 0.4 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.31, 2, 0.55, 0.98
+    assert mae <= 0.35 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.31, 2, 0.55, 0.98
     (mae, _), (mog2_mae, _), _ = figures[300]
-    assert mae <= 1.5 and mae < mog2_mae  # measured 1.48, MOG2 1.61
+    assert mae <= 1.5 and mae < mog2_mae  # measured 1.49, MOG2 1.61
     (mae, _), (mog2_mae, _), _ = figures[100]
-    assert mae <= 2.25  # measured 2.13 (target 2.1), MOG2 2.07: a group standing 10 s is kept
+    # measured 2.01 (2.13 without people evidence: a group standing 10 s was kept), MOG2 2.07
+    assert mae <= 2.05 and mae < mog2_mae
 
 
 def test_tree_leaves_are_background(tree) -> None:
