@@ -26,8 +26,8 @@ from edge_matte.events import Event
 from edge_matte.frames import Frame, Matte
 from edge_matte.plate import PlateKeeper, PlateState
 from edge_matte.plate.build import MedianCapture
-from edge_matte.plate.people import missing_reason
 from edge_matte.plate.maker import READY_KNOWN
+from edge_matte.plate.people import missing_reason
 from edge_matte.profile import Profile
 
 WIDTH, HEIGHT = 320, 180

@@ -11,7 +11,7 @@ from motion alone.
   (`vtest.avi`: it covers a group standing for 10 s in 8 of 20 checks, Daimler in 19).
 * **Cheap enough.** Frames are scaled to at most `WORK_WIDTH` pixels wide (a person closer than
   about 6 m to a 720p camera is still 100 px tall there), which bounds a call to about 70 ms
-  whatever the camera; `PeopleWatch` runs it at most `_HZ` times a second, on a worker thread in
+  whatever the camera; `PeopleWatch` runs it at most `HZ` times a second, on a worker thread in
   the daemon, so the frame loop never waits for it.
 * **Boxes grown a little.** HOG's window already leaves a margin round the person (about a
   quarter of its width on each side); each side is grown by another tenth of the width and a
@@ -37,7 +37,7 @@ WORK_WIDTH = 768  # frames are scaled down to at most this width before detectio
 _WINDOW = (48, 96)  # the Daimler detector's window
 _MIN_WEIGHT = 1.5  # weaker detections are ignored (on vtest.avi 1 in 80 is wrong, at 0.5 2 in 5)
 _GROW = (0.1, 0.05)  # each side grown by this share of the box's width, height
-_HZ = 2.0  # at most this many detections a second
+HZ = 2.0  # at most this many detections a second
 _MAX_HOLD_S = 3.0  # a detection stands for the frames after it until a newer one, at most this long
 
 
@@ -88,7 +88,7 @@ def grid_mask(boxes: list[tuple[int, int, int, int]], grid: Grid) -> np.ndarray:
 
 
 class PeopleWatch:
-    """Runs the detector on some of the frames offered, at most `_HZ` times a second of frames.
+    """Runs the detector on some of the frames offered, at most `HZ` times a second of frames.
 
     `threaded`: on a worker thread (the daemon: the frame loop never waits; a result arrives a
     few frames late and names the frame it was found on), else at once (offline builds, tests:
@@ -98,7 +98,7 @@ class PeopleWatch:
     def __init__(self, grid: Grid, fps: float, threaded: bool) -> None:
         self._detector = PeopleDetector()  # one each: two watches may detect at once
         self._grid = grid
-        self._every = max(1, round(fps / _HZ))
+        self._every = max(1, round(fps / HZ))
         self.hold = max(1, round(_MAX_HOLD_S * fps))  # frames a detection stands for, at most
         self._threaded = threaded
         self._next = 0
