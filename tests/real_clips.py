@@ -1,4 +1,5 @@
-"""The real clips Debian's opencv-doc ships (scripts/setup.sh installs it): paths, or a skip.
+"""The real clips Debian's opencv-doc ships (scripts/setup.sh installs it): paths, or a skip; `Clip`
+plays decoded frames as a FrameSource.
 
 `vtest.avi`: a fixed camera over a street, 768x576 MPEG-4, 10 fps, 795 frames. `tree.avi`:
 moving leaves, 320x240 Cinepak whose header claims 444 frames at 15 fps while it holds 68 over
@@ -9,7 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from edge_matte.errors import SourceEnded
+from edge_matte.frames import Frame, SourceInfo
 
 CLIP_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 
@@ -20,3 +25,22 @@ def clip_path(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} missing: the real clips come with opencv-doc, not installed here")
     return path
+
+
+class Clip:
+    """A FrameSource over decoded frames at the clip's real rate."""
+
+    def __init__(self, frames: list[np.ndarray], fps: float) -> None:
+        self._frames = frames
+        self._next = 0
+        height, width = frames[0].shape[:2]
+        self.info = SourceInfo(uri="file://clip", width=width, height=height, fps=fps)
+
+    def read(self, timeout: float) -> Frame:
+        if self._next >= len(self._frames):
+            raise SourceEnded("end of clip")
+        self._next += 1
+        return Frame(image=self._frames[self._next - 1], index=self._next, time=self._next / 10)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -12,13 +12,11 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from real_clips import clip_path
+from real_clips import Clip, clip_path
 from rtsp_tools import wait_until
 
 from edge_matte.config import PlateConfig
-from edge_matte.errors import SourceEnded
 from edge_matte.events import Event
-from edge_matte.frames import Frame, SourceInfo
 from edge_matte.plate import PlateKeeper, build_plate
 from edge_matte.plate.detect import NoiseModel, StillnessDetector
 from edge_matte.plate.estimator import BackgroundEstimator
@@ -28,25 +26,6 @@ from edge_matte.plate.people import PeopleDetector, PeopleWatch, missing_reason
 FRAMES = 400  # 40 s at 10 fps: four times the span a still pixel needs to be known
 CUT = (230, 190, 305, 335)  # x0, y0, x1, y1 around an isolated pedestrian in frame 0
 PLACE = (120, 380)  # where he is pasted (top left): grass nobody crosses in the first 40 s
-
-
-class Clip:
-    """A FrameSource over prepared frames."""
-
-    def __init__(self, frames: list[np.ndarray], fps: float) -> None:
-        self._frames = frames
-        self._next = 0
-        height, width = frames[0].shape[:2]
-        self.info = SourceInfo(uri="file://clip", width=width, height=height, fps=fps)
-
-    def read(self, timeout: float) -> Frame:
-        if self._next >= len(self._frames):
-            raise SourceEnded("end of clip")
-        self._next += 1
-        return Frame(image=self._frames[self._next - 1], index=self._next, time=self._next / 10)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 @pytest.fixture(scope="module")

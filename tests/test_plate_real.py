@@ -13,13 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from real_clips import Clip
 
 from edge_matte import synth
 from edge_matte.config import MattingConfig, PlateConfig
 from edge_matte.engine.classic import ClassicEngine
-from edge_matte.errors import SourceEnded
 from edge_matte.events import Event
-from edge_matte.frames import Frame, PlateImage, SourceInfo
+from edge_matte.frames import PlateImage
 from edge_matte.plate import PlateKeeper, PlateState, build_plate
 
 CLIPS = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -28,25 +28,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"real clips missing: {CLIPS} (scripts/setup.sh installs opencv-doc)",
 )
 TREE_EMPTY = 53  # tree.avi: a hand enters at frame 53
-
-
-class Clip:
-    """A FrameSource over decoded frames at the clip's real rate."""
-
-    def __init__(self, frames: list[np.ndarray], fps: float) -> None:
-        self._frames = frames
-        self._next = 0
-        height, width = frames[0].shape[:2]
-        self.info = SourceInfo(uri="file://clip", width=width, height=height, fps=fps)
-
-    def read(self, timeout: float) -> Frame:
-        if self._next >= len(self._frames):
-            raise SourceEnded("end of clip")
-        self._next += 1
-        return Frame(image=self._frames[self._next - 1], index=self._next, time=self._next / 10)
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 def decode(name: str) -> tuple[list[np.ndarray], float]:
