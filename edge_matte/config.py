@@ -263,7 +263,7 @@ class PlateConfig(Section):
     )
     people_evidence: bool = Field(
         True,
-        description="Run OpenCV's HOG people detector twice a second while a plate is built: a person standing still never becomes plate",
+        description="Run OpenCV's HOG people detector once a second while a plate is built: a person standing still never becomes plate",
     )
     until_ready: Literal["replacement", "blur", "room"] = Field(
         "replacement",

@@ -94,10 +94,10 @@ def test_vtest_plate_converges_in_a_street_that_is_never_empty(vtest) -> None:
     (mae, p99), (mog2_mae, _), known = figures[len(frames)]
     assert mae <= 0.35 and p99 <= 6 and mae < mog2_mae and known > 0.9  # 0.31, 2, 0.55, 0.98
     (mae, _), (mog2_mae, _), _ = figures[300]
-    assert mae <= 1.5 and mae < mog2_mae  # measured 1.49, MOG2 1.61
+    assert mae <= 1.5 and mae < mog2_mae  # measured 1.48, MOG2 1.61
     (mae, _), (mog2_mae, _), _ = figures[100]
-    # measured 2.01 (2.13 without people evidence: a group standing 10 s was kept), MOG2 2.07
-    assert mae <= 2.05 and mae < mog2_mae
+    # measured 1.88 (2.13 without people evidence: a group standing 10 s was kept), MOG2 2.07
+    assert mae <= 1.95 and mae < mog2_mae
 
 
 def test_tree_leaves_are_background(tree) -> None:
@@ -160,4 +160,4 @@ def test_vtest_live_keeper_installs_a_plate_within_30_s(vtest) -> None:
     assert [e.kind for e in events][:2] == ["plate.capturing", "plate.captured"]
     assert (
         errors(keeper.plate, temporal_median(frames))[0] <= 2.0
-    )  # measured 1.29 (2.13 when installed at 10 s)
+    )  # measured 1.29 (1.88 when installed at 10 s)

@@ -62,15 +62,17 @@ def frame_specs(
 
 
 PEOPLE_ROW = "stage plate people detector (one call)"
-_ACTIVE_ROW = "active frame, baseline (+ matte + composite)"
 _CAMERA_FPS = 30.0  # the detector's share of a frame is given for a camera at this rate
 
 
 def add_people_share(rows: list[Row]) -> None:
     """Beside each people-detector row: its cost spread over the frames of a 30 fps camera
     (it runs `PEOPLE_HZ` times a second, on a worker thread) and that as a share of the same
-    size's active frame, measured in the same run."""
-    active = {row.size: row.median_ms for row in rows if row.row == _ACTIVE_ROW}
+    size's fastest active frame, measured in the same run."""
+    active: dict[str, float] = {}
+    for row in rows:
+        if row.kind == "active":
+            active[row.size] = min(active.get(row.size, row.median_ms), row.median_ms)
     for row in rows:
         if row.row == PEOPLE_ROW and row.size in active:
             per_frame = row.median_ms * PEOPLE_HZ / _CAMERA_FPS

@@ -37,7 +37,7 @@ pixel is judged motionless", SBMnet) and OpenCV's MOG2/KNN (a per-pixel model th
   where a person was detected in `_PERSON_SHARE` of the samples and the others are too few, the
   cell is *held*: unknown, painted in from around it, never a dynamic background, never the
   person. Elsewhere boxes change nothing: they are wider than people, and taking all boxed
-  samples out only made the median noisier (vtest 300 frames 1.49 -> 1.51, 795: 0.31 -> 0.40).
+  samples out only made the median noisier (vtest 300 frames 1.48 -> 1.51, 795: 0.31 -> 0.40).
 * **Dynamic background.** A pixel that moved in more than `_DYNAMIC_SHARE` of the samples over a
   long span is not a passer-by but something that moves by itself (leaves, a screen): all its
   samples are evidence, it counts as known, and how much it moves is the **variability** (the `_SPREAD_QUANTILE`

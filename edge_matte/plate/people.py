@@ -10,7 +10,7 @@ from motion alone.
   the working width; the default one (64x128) misses the 70-90 px passers-by of a street camera
   (`vtest.avi`: it covers a group standing for 10 s in 8 of 20 checks, Daimler in 19).
 * **Cheap enough.** Frames are scaled to at most `WORK_WIDTH` pixels wide (a person closer than
-  about 6 m to a 720p camera is still 100 px tall there), which bounds a call to about 70 ms
+  about 6 m to a 720p camera is still 100 px tall there), which bounds a call (50-100 ms here)
   whatever the camera; `PeopleWatch` runs it at most `HZ` times a second, on a worker thread in
   the daemon, so the frame loop never waits for it.
 * **Boxes grown a little.** HOG's window already leaves a margin round the person (about a
@@ -37,7 +37,7 @@ WORK_WIDTH = 768  # frames are scaled down to at most this width before detectio
 _WINDOW = (48, 96)  # the Daimler detector's window
 _MIN_WEIGHT = 1.5  # weaker detections are ignored (on vtest.avi 1 in 80 is wrong, at 0.5 2 in 5)
 _GROW = (0.1, 0.05)  # each side grown by this share of the box's width, height
-HZ = 2.0  # at most this many detections a second
+HZ = 1.0  # at most this many detections a second
 _MAX_HOLD_S = 3.0  # a detection stands for the frames after it until a newer one, at most this long
 
 
