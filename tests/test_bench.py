@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from edge_matte.bench.catalog import BACKENDS, unavailable
+from edge_matte.bench.frame_rows import PEOPLE_ROW
 from edge_matte.bench.pipeline_rows import ROUNDS
 from edge_matte.bench.scenes import COVERAGES
+from edge_matte.plate.people import missing_reason
 
 COMMAND = [sys.executable, "-m", "edge_matte.cli", "bench"]
 TIMED = ("median_ms", "p95_ms", "fps", "speedup", "cpu_percent", "peak_rss_mb")
@@ -64,7 +66,10 @@ def test_report_has_every_row_kind(run):
         "active frame, baseline (+ matte + composite)",
         "active frame, fast + region",
     ]
-    assert len(names(run, "stage")) == 5
+    assert len(names(run, "stage")) == 5 + (missing_reason() is None)
+    if missing_reason() is None:  # HOG's cost beside MOG2's, and its share of an active frame
+        people = next(row for row in run.rows if row["row"] == PEOPLE_ROW)
+        assert people["calls_per_s"] > 0 and 0 < people["active_frame_percent"] < 100
     builder = next(row for row in run.rows if row["row"] == "stage plate builder add")
     assert builder["builder_mb"] > 0 and builder["estimate_ms"] > 0  # memory and estimate cost
     assert "stage MOG2 apply (builder baseline)" in names(run, "stage")

@@ -305,5 +305,7 @@ def test_no_signal_card_darkens_and_writes(tmp_path: Path, photo: np.ndarray) ->
     assert (title.min(axis=2) > 240).sum() > 2000  # big white "NO SIGNAL" lettering
     without_text = no_signal(background, "")
     np.testing.assert_array_equal(title, without_text[100:185])
-    assert (detail.min(axis=2) > 240).sum() > 200  # the detail line is drawn under it
-    assert not (without_text[190:].min(axis=2) > 240).any()
+    # the detail line is drawn under it (thin anti-aliased strokes: OpenCV 4 keeps few of
+    # them above 240, 28 here; OpenCV 5 draws them whiter)
+    assert (detail.min(axis=2) > 200).sum() > 200
+    assert not (without_text[190:].min(axis=2) > 200).any()

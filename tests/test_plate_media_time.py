@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from test_plate_keeper import CONFIG, Trace, drive, keeper_for, last_occupied, scene
 
-from edge_matte.config import PlateConfig
+from edge_matte.config.schema import PlateConfig
 from edge_matte.frames import Frame
 from edge_matte.plate import PlateState
 from edge_matte.plate.clock import MAX_STEP_S, PlateClock

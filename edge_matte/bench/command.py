@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from edge_matte.bench.frame_rows import add_people_share
 from edge_matte.bench.measure import Row, machine
 from edge_matte.bench.model_rows import model_rows
 from edge_matte.bench.options import Settings
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     report["load_after"] = os.getloadavg()
     rows.sort(key=lambda row: settings.sizes.index(row.size))  # stable: each size's rows together
     add_speedups(rows)
+    add_people_share(rows)
     print_report(report, rows)
     if settings.json is not None:
         write_json(settings.json, report, rows)

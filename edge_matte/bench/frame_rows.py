@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_matte.bench.measure import Spec
+from edge_matte.bench.measure import Row, Spec
 from edge_matte.bench.scenes import Scene, coverage_scene
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource
 from edge_matte.config.schema import ComposeConfig, PlateConfig
@@ -30,6 +30,8 @@ from edge_matte.plate import PlateKeeper
 from edge_matte.plate.detect import NoiseModel
 from edge_matte.plate.estimator import BackgroundEstimator
 from edge_matte.plate.grid import Grid
+from edge_matte.plate.people import HZ as PEOPLE_HZ
+from edge_matte.plate.people import PeopleDetector, missing_reason
 
 
 def frame_specs(
@@ -57,6 +59,25 @@ def frame_specs(
 
         specs.append(_active_spec("active frame, fast + region", region_matte, busy, compositor))
     return specs + _stage_specs(busy, compositor)
+
+
+PEOPLE_ROW = "stage plate people detector (one call)"
+_CAMERA_FPS = 30.0  # the detector's share of a frame is given for a camera at this rate
+
+
+def add_people_share(rows: list[Row]) -> None:
+    """Beside each people-detector row: its cost spread over the frames of a 30 fps camera
+    (it runs `PEOPLE_HZ` times a second, on a worker thread) and that as a share of the same
+    size's fastest active frame, measured in the same run."""
+    active: dict[str, float] = {}
+    for row in rows:
+        if row.kind == "active":
+            active[row.size] = min(active.get(row.size, row.median_ms), row.median_ms)
+    for row in rows:
+        if row.row == PEOPLE_ROW and row.size in active:
+            per_frame = row.median_ms * PEOPLE_HZ / _CAMERA_FPS
+            row.notes["per_frame_ms_at_30fps"] = round(per_frame, 2)
+            row.notes["active_frame_percent"] = round(100.0 * per_frame / active[row.size], 1)
 
 
 def _keeper(plate: np.ndarray) -> PlateKeeper:
@@ -145,6 +166,7 @@ def _builder_specs(scene: Scene) -> list[Spec]:
         "estimate_ms": round((time.perf_counter() - started) * 1000.0, 1),
     }
     mog2 = cv2.createBackgroundSubtractorMOG2()
+    people = [] if missing_reason() is not None else [_people_spec(scene)]
     return [
         Spec(
             "stage plate builder add",
@@ -153,4 +175,12 @@ def _builder_specs(scene: Scene) -> list[Spec]:
             notes,
         ),
         Spec("stage MOG2 apply (builder baseline)", "stage", lambda: mog2.apply(next(turns)[0])),
+        *people,
     ]
+
+
+def _people_spec(scene: Scene) -> Spec:
+    """One call of the people detector on the scene's frame (scaled to its working width)."""
+    detector = PeopleDetector()
+    notes = {"calls_per_s": PEOPLE_HZ}
+    return Spec(PEOPLE_ROW, "stage", lambda: detector.boxes(scene.image), notes)

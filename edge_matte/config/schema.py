@@ -262,6 +262,10 @@ class PlateConfig(Section):
     person_veto: bool = Field(
         False, description="Use OpenCV's HOG person detector as a veto on capture"
     )
+    people_evidence: bool = Field(
+        True,
+        description="Run OpenCV's HOG people detector once a second while a plate is built: a person standing still never becomes plate",
+    )
     until_ready: Literal["replacement", "blur", "room"] = Field(
         "replacement",
         description="What viewers see while no usable plate exists: the replacement background only, the room blurred past recognition, or the room as it is",

@@ -42,6 +42,7 @@ REMOTE_KEYS = (
     "plate.update_rate",
     "plate.max_shift_px",
     "plate.person_veto",
+    "plate.people_evidence",
     "plate.until_ready",
     "compose.mode",
     "compose.background",

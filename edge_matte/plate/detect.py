@@ -8,8 +8,8 @@ calibrated noise when a profile exists, else from a live robust estimate: the me
 changed at all. Compressed video repeats unchanged blocks, so most differences of an MPEG-4 or
 H.264 stream are exactly 0 (62 % on `vtest.avi`) and a plain median collapses to the floor
 while the noise is ~1 level on the grid (~1.8 at full resolution); a camera that repeats
-nothing has (almost) no exact zeros, so leaving them out changes nothing there. OpenCV's HOG people
-detector is an optional veto, run only at the moment a capture would start.
+nothing has (almost) no exact zeros, so leaving them out changes nothing there. The people
+detector (`people`) is an optional veto, run only at the moment a capture would start.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from edge_matte.config.profile import Profile
 from edge_matte.plate.clock import reached
 from edge_matte.plate.grid import Grid
+from edge_matte.plate.people import PeopleDetector, missing_reason
 
 _LOG = logging.getLogger(__name__)
 _QUANTISATION = 0.29  # std of rounding the shrunken image to integers
@@ -43,8 +44,6 @@ _PLATE_SIGMAS, _MIN_PLATE = 6.0, 4.0  # a cell differs from the plate beyond 6 s
 _EMPTY_SIGMAS, _MIN_EMPTY = 2.5, 1.5  # mean frame-to-plate difference of a scene that matches
 _LAG_S = 1 / 6  # stillness compares each frame with the newest one at least this much older
 _MAX_HISTORY = 32  # frames kept for that comparison (a fast camera: the lag is then shorter)
-_VETO_WIDTH = 640  # HOG runs on the frame scaled to at most this width
-_VETO_WEIGHT = 0.5  # HOG detections weaker than this are ignored
 
 
 class NoiseModel:
@@ -141,39 +140,24 @@ def coverage(alpha_small: np.ndarray) -> float:
 
 
 class PersonVeto:
-    """OpenCV's built-in HOG people detector, loaded on first use (it costs tens of ms per call).
-
-    OpenCV 5 moved HOG out of the main package; without it the veto is off, with one warning.
-    """
+    """The people detector (`people`) as a veto on capture, loaded on first use (tens of ms a
+    call). Without one (OpenCV 5) the veto is off, with one warning."""
 
     def __init__(self) -> None:
-        self._hog: cv2.HOGDescriptor | None = None
+        self._detector: PeopleDetector | None = None
         self._missing = False
-
-    @property
-    def available(self) -> bool:
-        return hasattr(cv2, "HOGDescriptor")
 
     def present(self, image: np.ndarray) -> bool:
         """True when a person is detected anywhere in the BGR frame."""
-        if self._hog is None:
-            if not self.available:
+        if self._detector is None:
+            reason = missing_reason()
+            if reason is not None:
                 if not self._missing:
-                    _LOG.warning(
-                        "person_veto: this OpenCV (%s) has no HOG detector; veto off",
-                        cv2.__version__,
-                    )
+                    _LOG.warning("person_veto off: %s", reason)
                     self._missing = True
                 return False
-            self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
-        scale = min(1.0, _VETO_WIDTH / image.shape[1])
-        if scale < 1.0:
-            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        _, weights = self._hog.detectMultiScale(image, winStride=(8, 8), padding=(8, 8), scale=1.05)
-        found = bool(len(weights)) and float(np.max(weights)) > _VETO_WEIGHT
+            self._detector = PeopleDetector()
+        found = bool(self._detector.boxes(image))
         if found:
-            _LOG.info(
-                "person detector vetoed a plate capture (weight %.2f)", float(np.max(weights))
-            )
+            _LOG.info("person detector vetoed a plate capture")
         return found

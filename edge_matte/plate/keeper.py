@@ -64,6 +64,7 @@ from edge_matte.plate.estimator import BackgroundEstimator
 from edge_matte.plate.grid import Grid, grey
 from edge_matte.plate.live import LivePlate
 from edge_matte.plate.maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
+from edge_matte.plate.people import PeopleWatch, missing_reason
 from edge_matte.plate.upkeep import Upkeep, View, compare
 
 _LOG = logging.getLogger(__name__)
@@ -83,6 +84,16 @@ class PlateState(str, Enum):
     READY = "ready"
     STALE = "stale"
     MISALIGNED = "misaligned"
+
+
+def _people_off(config: PlateConfig) -> str | None:
+    """Why the people detector gives no evidence to the per-pixel plate (None: it does)."""
+    if not config.people_evidence:
+        return "plate.people_evidence is false"
+    reason = missing_reason()
+    if reason is not None:
+        _LOG.warning("people evidence off: %s; a person standing still may become plate", reason)
+    return reason
 
 
 class PlateKeeper:
@@ -114,6 +125,7 @@ class PlateKeeper:
         self._fps = fps
         self._lock = threading.RLock()
         self._veto = PersonVeto()
+        self._people_off = _people_off(config)
         self._timings: deque[float] = deque(maxlen=_TIMING_WINDOW)
         self.state = PlateState.NONE
         self.frozen = False
@@ -341,7 +353,11 @@ class PlateKeeper:
             self._improving = improving
 
     def _new_estimator(self) -> BackgroundEstimator:
-        return BackgroundEstimator(self._grid, self._fps, self._noise)
+        people = None
+        if self._people_off is None:
+            threaded = self._estimates == "background"
+            people = PeopleWatch(self._grid, self._fps, threaded)
+        return BackgroundEstimator(self._grid, self._fps, self._noise, people)
 
     def _install(self, new: NewPlate, message: str | None, kind: str | None = None) -> None:
         replaced = self._live is not None
@@ -499,6 +515,7 @@ class PlateKeeper:
                 if latest is None
                 else round(latest.known_fraction, 4),
                 "ready_known_fraction": READY_KNOWN,
+                "people_evidence": "on" if self._people_off is None else f"off: {self._people_off}",
                 "waiting_for": self._waiting_for(latest),
             }
 

@@ -322,6 +322,7 @@ class Daemon:
             "person_present": pipe.presence.present,
             "plate_known_fraction": plate.get("known_fraction"),
             "plate_waiting_for": plate.get("waiting_for"),
+            "plate_people_evidence": plate.get("people_evidence"),
             "compose_mode": self._config.compose.mode,
             "config_hash": self._config.digest(),
             "version": __version__,
