@@ -17,10 +17,9 @@ import math
 import cv2
 import numpy as np
 
-from edge_matte.plate.clock import reached
+from edge_matte.plate.clock import periods, reached
 
 _MAX_STACK = 31  # frames kept for the median; longer captures are subsampled evenly
-_SLOT_ROUNDING = 1e-6  # a frame stamped k intervals in (rounding below k) is in interval k
 
 
 class MedianCapture:
@@ -54,8 +53,7 @@ class MedianCapture:
         if self._start is None:
             self._start = now - self._interval  # the first frame stands for one interval
         self._elapsed = now - self._start
-        interval = math.floor(self._elapsed / self._interval + _SLOT_ROUNDING) - 1
-        slot = interval // self._stride
+        slot = (periods(self._elapsed, self._interval) - 1) // self._stride
         if slot > self._slot and self._kept < self._depth:
             self._slot = slot
             self._insert(image)

@@ -27,6 +27,12 @@ def reached(span_s: float, needed_s: float) -> bool:
     return span_s >= needed_s - _TOLERANCE_S
 
 
+def periods(span_s: float, period_s: float) -> int:
+    """Whole periods of `period_s` in `span_s` (a span a rounding short of k periods has k): the
+    slot a frame falls in, for work done at most once per period (sampling, checks)."""
+    return math.floor(span_s / period_s + _TOLERANCE_S)
+
+
 class PlateClock:
     """Plate time (seconds) advanced by each frame's media time; `step` is the last advance."""
 

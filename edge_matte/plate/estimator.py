@@ -52,13 +52,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import threading
 
 import cv2
 import numpy as np
 
-from edge_matte.plate.clock import reached
+from edge_matte.plate.clock import periods, reached
 from edge_matte.plate.detect import NoiseModel
 from edge_matte.plate.drift import gain_cells, measure_gain
 from edge_matte.plate.grid import Grid
@@ -89,7 +88,6 @@ _GAIN_STEPS = 512  # gains closer to 1 than 1/512 are not applied
 _GAIN_EXPLAINS = 0.8  # a gain is applied when it leaves at most this share of the difference
 _GAIN_CELLS = 4096  # cells the residual is measured on
 _STRIP_ROWS = 32  # the median is found this many rows at a time
-_SLOT_ROUNDING = 1e-6  # a frame stamped k periods in (k * 0.1 = 0.30000000000000004) is in slot k
 _PERSON_SHARE = 0.5  # a cell where a person was detected in this share of the samples is theirs
 _INPAINT_RADIUS = 5  # pixels around a never-free person cell that paint it in
 
@@ -226,7 +224,7 @@ class BackgroundEstimator:
         self._span_s = now - self._origin
         # periods counted from the first frame, which is always a sample (so is each kept
         # sample's every other successor after a thinning)
-        slot = math.floor((self._span_s - self._interval) / self._period + _SLOT_ROUNDING)
+        slot = periods(self._span_s - self._interval, self._period)
         if slot <= self._sampled_slot:
             return False
         self._sampled_slot = slot
@@ -290,7 +288,7 @@ class BackgroundEstimator:
         ):
             kept[:] = kept[::2]
         self._period *= 2
-        self._sampled_slot = math.floor(self._sampled_slot / 2)
+        self._sampled_slot //= 2
         _LOG.debug("plate evidence: a sample every %.1f s now", self._period)
 
     def estimate(self) -> Estimate:

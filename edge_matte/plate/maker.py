@@ -7,9 +7,10 @@ still, so people walking past do not become ghosts. While there is no plate at a
 per-pixel estimator (`estimator`) runs whenever no median is being taken, so a scene that never
 empties still gets a plate once `READY_KNOWN` of it is known; whichever finishes first wins.
 The estimator is evaluated every `_ESTIMATE_EVERY_S`, or a tenth of the evidence's span once
-that is longer (at most every `_MAX_EVERY_S`; all in plate time, see `clock`), about a second of work at 576p with 64 samples: "inline" in the frame loop (deterministic, for tests), "background" on a worker thread
-so the daemon's frame loop never stalls, or "final": never while frames come (an offline build
-asks once, at the end).
+that is longer (at most every `_MAX_EVERY_S`; all in plate time, see `clock`), about a second
+of work at 576p with 64 samples: "inline" in the frame loop (deterministic, for tests),
+"background" on a worker thread so the daemon's frame loop never stalls, or "final": never
+while frames come (an offline build asks once, at the end).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import numpy as np
 from edge_matte.config.schema import PlateConfig
 from edge_matte.frames import Frame
 from edge_matte.plate.align import MIN_RESPONSE, Shift, ShiftEstimator
+from edge_matte.plate.clock import periods
 from edge_matte.plate.detect import NoiseModel
 from edge_matte.plate.drift import measure_gain, rate_for
 from edge_matte.plate.grid import Grid, colour_difference, grow
@@ -31,7 +32,6 @@ _UPDATE_EVERY = 4  # frames between slow updates (the rate is scaled to the time
 _ALIGN_PER_S = 10.0  # alignment checks per second
 _MIN_SHIFT_PX = 1.0  # smaller translations are left alone
 _SHIFT_AGREE_PX = 1.0  # two checks this close confirm a shift
-_SLOT_ROUNDING = 1e-6  # a frame stamped k periods in (rounding below k) is in period k
 _MIN_DRIFT_CELLS = 0.01  # below this background fraction drift is the median over all cells
 
 
@@ -133,7 +133,7 @@ class Upkeep:
 
     def _alignment_due(self, now: float) -> bool:
         """True on the first frame of each alignment period (`1 / _ALIGN_PER_S` s)."""
-        slot = math.floor(now * _ALIGN_PER_S + _SLOT_ROUNDING)
+        slot = periods(now, 1.0 / _ALIGN_PER_S)
         due, self._aligned_slot = slot > self._aligned_slot, max(slot, self._aligned_slot)
         return due
 
