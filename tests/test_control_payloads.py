@@ -16,7 +16,7 @@ from edge_matte.control.payloads import (
     peek_id,
     split_id,
 )
-from edge_matte.control.topics import Topics
+from edge_matte.control.topics import BACKGROUND_SET, COMMANDS, Topics
 
 LIMIT = 1024
 
@@ -127,6 +127,15 @@ def test_command_args_accepts_valid_shapes(name: str, args: dict, expected: dict
 def test_command_args_refuses_bad_shapes(name: str, args: dict, message: str) -> None:
     with pytest.raises(PayloadError, match=message.replace("(", r"\(")):
         command_args(name, args, LIMIT)
+
+
+def test_every_command_of_the_table_is_validated_and_only_those() -> None:
+    """The one command table drives validation: a name added there is accepted at once."""
+    for name in COMMANDS:
+        args = {"name": "beach.png"} if name == BACKGROUND_SET else {}
+        assert command_args(name, args, LIMIT) == args
+    with pytest.raises(PayloadError, match="known: " + ", ".join(sorted(COMMANDS))):
+        command_args("plate/explode", {}, LIMIT)
 
 
 def test_topics_route_own_and_group_topics_only() -> None:
