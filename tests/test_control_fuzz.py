@@ -50,9 +50,9 @@ requests_ = st.one_of(
     values.map(lambda value: json.dumps(value).encode()),
     st.binary(min_size=1, max_size=120),  # an empty payload is not a request: never answered
 )
-command_names = st.sampled_from(COMMANDS) | st.text(
-    "abcz/_-.", min_size=1, max_size=12
-).filter(lambda name: name != "result")
+command_names = st.sampled_from(COMMANDS) | st.text("abcz/_-.", min_size=1, max_size=12).filter(
+    lambda name: name != "result"
+)
 targets = st.tuples(
     st.sampled_from([DEVICE, GROUP]),
     st.just("config/set") | command_names.map(lambda name: f"cmd/{name}"),
