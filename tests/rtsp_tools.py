@@ -16,6 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 import numpy as np
+from waiting import wait_until
 
 
 class RtspClientError(Exception):
@@ -118,16 +119,6 @@ def probe(url: str, timeout: float = 20.0) -> dict:
     if not streams:
         raise RtspClientError(f"no video stream at {url}")
     return streams[0]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` passes; its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 class StalledClient:
@@ -246,10 +237,11 @@ class CameraServer:
         if ready != "ready":
             self.kill()
             raise RuntimeError(f"camera server on port {self.port} did not start")
-        listening = wait_until(lambda: _accepts(self.port), timeout)
-        if not listening:
+        try:
+            wait_until(lambda: _accepts(self.port), timeout, f"camera server on port {self.port}")
+        except AssertionError:
             self.kill()
-            raise RuntimeError(f"camera server on port {self.port} does not accept connections")
+            raise
 
     def kill(self) -> None:
         """kill -9, as a camera losing power; the port is free again afterwards."""

@@ -197,7 +197,7 @@ def test_stalled_stages_follow_each_stage_limit(listener: Listener, notifier: No
 
     clock.now += 50.0
     assert heartbeat.stalled_stages() == ["capture", "inference", "output"]
-    heartbeat.unregister("inference")
+    heartbeat.beat("inference")
     heartbeat.beat("capture")
     heartbeat.beat("output")
     assert heartbeat.stalled_stages() == []

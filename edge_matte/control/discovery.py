@@ -178,11 +178,6 @@ def removals(mqtt: MqttConfig) -> list[tuple[str, str]]:
     return [(_topic(mqtt, name), "") for name in _ENTITIES]
 
 
-def entity_count(mqtt: MqttConfig) -> int:
-    """How many entities `messages` announces under these settings."""
-    return sum(_announced(mqtt, name) for name in _ENTITIES) if mqtt.homeassistant else 0
-
-
 def _announced(mqtt: MqttConfig, name: str) -> bool:
     return name != "image" or mqtt.image_interval_s > 0
 

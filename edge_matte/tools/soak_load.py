@@ -120,18 +120,6 @@ class RtspViewer:
         self._buffer += chunk
 
 
-def watch(url: str, packets: int = 5) -> int:
-    """One complete viewer session receiving `packets` RTP packets; their payload bytes."""
-    viewer = RtspViewer(url)
-    try:
-        viewer.play()
-        received = viewer.read_rtp(packets)
-        viewer.teardown()
-    finally:
-        viewer.close()
-    return received
-
-
 class Pausable:
     """A background load with start / pause / resume / stop."""
 
