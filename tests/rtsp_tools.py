@@ -81,17 +81,21 @@ class Watcher:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
     def wait_decoding(self, timeout: float = 20.0) -> bool:
-        """True once it has decoded a frame; False if it exits or `timeout` passes first."""
+        """True once it has decoded a frame; AssertionError if it exits or `timeout` passes first."""
         deadline = time.monotonic() + timeout
         stdout = self.process.stdout
+        last = ""
         while time.monotonic() < deadline:
             ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
             line = stdout.readline() if ready else ""
             if ready and not line:
-                return False  # exited
+                raise AssertionError(f"the viewer exited before decoding a frame; last: {last!r}")
             if line.startswith("frame=") and int(line.split("=")[1]) > 0:
                 return True
-        return False
+            last = line.strip() or last
+        raise AssertionError(
+            f"timed out after {timeout:g} s waiting for a decoded frame; last value: {last!r}"
+        )
 
     def wait(self, timeout: float) -> int:
         """Its exit code once it ends by itself (subprocess.TimeoutExpired if it does not)."""
