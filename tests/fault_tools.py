@@ -75,7 +75,10 @@ class EventLog:
     def wait_for(self, kind: str, count: int = 1, timeout: float = WAIT_S) -> Event:
         """The `count`-th event of `kind`; AssertionError naming what did arrive at the deadline."""
         arrived = wait_until(
-            lambda: self.of(kind)[count - 1 :], timeout, f"event {kind} #{count}", show=self.kinds
+            lambda: self.of(kind)[count - 1 :],
+            timeout,
+            f"event {kind} #{count}",
+            show=lambda: f"events so far: {self.kinds()}",
         )
         return arrived[0]
 
