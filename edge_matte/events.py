@@ -105,11 +105,6 @@ class EventBus:
         with self._lock:
             self._subscribers.append(callback)
 
-    def unsubscribe(self, callback: Emit) -> None:
-        with self._lock:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
     def emit(self, event: Event) -> None:
         _LOG.log(level(event), "event %s: %s", event.kind, event.message)
         with self._lock:

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Print the config reference (Markdown) from the pydantic model, so the README cannot drift.
 
-tests/test_readme.py checks that README.md contains exactly this output.
+tests/test_readme.py checks that README.md contains exactly this output. With `--schema` it
+prints the config's JSON schema instead, for editors (docs/config.schema.json holds it, and
+tests/test_config_schema.py checks that file against this output).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,5 +87,14 @@ def reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def schema() -> str:
+    """The JSON schema (draft 2020-12) of the config file, as docs/config.schema.json holds it."""
+    document = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **Config.model_json_schema(),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    sys.stdout.write(schema() if sys.argv[1:] == ["--schema"] else reference())

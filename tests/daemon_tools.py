@@ -24,9 +24,11 @@ from typing import Any
 import cv2
 import numpy as np
 import yaml
+from pydantic import SecretStr
 from rtsp_tools import free_port
 
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
+from edge_matte.config.schema import Config
 from edge_matte.plate.store import PlateFile
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
@@ -67,6 +69,17 @@ def daemon_config(state_dir: Path, port: int, **sections: dict[str, Any]) -> dic
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def save_config(config: Config, path: Path) -> Path:
+    """`config` as an operator's file: the keys set explicitly, passwords in clear."""
+    data = config.model_dump(mode="json", exclude_unset=True)
+    for name, section in data.items():
+        secret = getattr(getattr(config, name), "password", None)
+        if isinstance(secret, SecretStr):
+            section["password"] = secret.get_secret_value()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_config(path, data)
 
 
 @dataclass(frozen=True)
@@ -140,17 +153,17 @@ class NotifySocket:
 
     def wait_for(self, key: str, timeout: float, value: str | None = None) -> dict[str, str]:
         """The next message carrying `key` (with `value`, if given); AssertionError at the deadline."""
-        return self.wait_until(lambda m: key in m and value in (None, m[key]), timeout, key)
+        return self._next_matching(lambda m: key in m and value in (None, m[key]), timeout, key)
 
     def wait_for_status(
         self, predicate: Callable[[str], bool], timeout: float = 10.0
     ) -> dict[str, str]:
         """The next message whose STATUS= text satisfies `predicate`."""
-        return self.wait_until(
+        return self._next_matching(
             lambda m: "STATUS" in m and predicate(m["STATUS"]), timeout, "STATUS"
         )
 
-    def wait_until(
+    def _next_matching(
         self, predicate: Callable[[dict[str, str]], bool], timeout: float, what: str
     ) -> dict[str, str]:
         deadline = time.monotonic() + timeout
@@ -158,7 +171,10 @@ class NotifySocket:
             message = self._receive(deadline - time.monotonic())
             if message is not None and predicate(message):
                 return message
-        raise AssertionError(f"no matching {what}= within {timeout} s; got {self.received[-5:]}")
+        raise AssertionError(
+            f"timed out after {timeout:g} s waiting for a matching {what}= message; "
+            f"last ones: {self.received[-5:]}"
+        )
 
     def drain(self, duration: float) -> list[dict[str, str]]:
         """Everything that arrives within `duration` seconds from now."""

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from rtsp_tools import free_port, wait_until
+from rtsp_tools import free_port
+from waiting import wait_until
 
 from edge_matte.config import schema as config_mod
 from edge_matte.config.schema import Config
@@ -73,9 +74,13 @@ class EventLog:
 
     def wait_for(self, kind: str, count: int = 1, timeout: float = WAIT_S) -> Event:
         """The `count`-th event of `kind`; AssertionError naming what did arrive at the deadline."""
-        if not wait_until(lambda: len(self.of(kind)) >= count, timeout):
-            raise AssertionError(f"no {kind} (#{count}) within {timeout} s; got {self.kinds()}")
-        return self.of(kind)[count - 1]
+        arrived = wait_until(
+            lambda: self.of(kind)[count - 1 :],
+            timeout,
+            f"event {kind} #{count}",
+            show=lambda: f"events so far: {self.kinds()}",
+        )
+        return arrived[0]
 
 
 @contextmanager
@@ -87,8 +92,9 @@ def running(daemon: Daemon) -> Iterator[EventLog]:
     thread = threading.Thread(target=lambda: outcome.append(daemon.run()), name="daemon")
     thread.start()
     try:
-        if not wait_until(lambda: daemon.pipeline.first_output.is_set() or outcome, WAIT_S):
-            raise AssertionError("the daemon produced no output")
+        wait_until(
+            lambda: daemon.pipeline.first_output.is_set() or outcome, WAIT_S, "the first output"
+        )
         assert not outcome, f"the daemon exited with {outcome}"
         yield log
     finally:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +20,16 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import WAIT_S, wait_on, wait_until
 
 from edge_matte.config.schema import MqttConfig, TlsConfig
 from edge_matte.control.client import disable_nagle
-
-WAIT_S = 15.0
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_until(
-    condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition"
-) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass(frozen=True)
@@ -291,13 +275,10 @@ class Probe:
         def found() -> Message | None:
             return next((m for m in self.messages if m.topic == topic and predicate(m)), None)
 
-        with self._cond:
-            if not self._cond.wait_for(found, timeout):
-                seen = [(m.topic, m.payload[:80]) for m in self.messages[-20:]]
-                raise AssertionError(
-                    f"no matching message on {topic} within {timeout} s; last seen: {seen}"
-                )
-            return found()  # type: ignore[return-value]
+        def seen() -> str:
+            return f"last seen: {[(m.topic, m.payload[:80]) for m in self.messages[-20:]]}"
+
+        return wait_on(self._cond, found, timeout, f"a matching message on {topic}", seen)
 
     def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(WAIT_S)
@@ -306,10 +287,12 @@ class Probe:
         """Publish and return the next answer on `answer_topic` (requests answered in order)."""
         seen = len(self.on(answer_topic))
         self.publish(topic, payload)
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.on(answer_topic)) > seen, WAIT_S):
-                raise AssertionError(f"no answer on {answer_topic} to {topic} {payload[:200]!r}")
-            return self.on(answer_topic)[seen]
+        answers = wait_on(
+            self._cond,
+            lambda: self.on(answer_topic)[seen:],
+            what=f"an answer on {answer_topic} to {topic} {payload[:200]!r}",
+        )
+        return answers[0]
 
     def close(self) -> None:
         self._client.disconnect()

@@ -16,6 +16,7 @@ import time
 from urllib.parse import urlsplit
 
 import numpy as np
+from waiting import wait_until
 
 
 class RtspClientError(Exception):
@@ -80,17 +81,21 @@ class Watcher:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
     def wait_decoding(self, timeout: float = 20.0) -> bool:
-        """True once it has decoded a frame; False if it exits or `timeout` passes first."""
+        """True once it has decoded a frame; AssertionError if it exits or `timeout` passes first."""
         deadline = time.monotonic() + timeout
         stdout = self.process.stdout
+        last = ""
         while time.monotonic() < deadline:
             ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
             line = stdout.readline() if ready else ""
             if ready and not line:
-                return False  # exited
+                raise AssertionError(f"the viewer exited before decoding a frame; last: {last!r}")
             if line.startswith("frame=") and int(line.split("=")[1]) > 0:
                 return True
-        return False
+            last = line.strip() or last
+        raise AssertionError(
+            f"timed out after {timeout:g} s waiting for a decoded frame; last value: {last!r}"
+        )
 
     def wait(self, timeout: float) -> int:
         """Its exit code once it ends by itself (subprocess.TimeoutExpired if it does not)."""
@@ -118,16 +123,6 @@ def probe(url: str, timeout: float = 20.0) -> dict:
     if not streams:
         raise RtspClientError(f"no video stream at {url}")
     return streams[0]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` passes; its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 class StalledClient:
@@ -246,10 +241,11 @@ class CameraServer:
         if ready != "ready":
             self.kill()
             raise RuntimeError(f"camera server on port {self.port} did not start")
-        listening = wait_until(lambda: _accepts(self.port), timeout)
-        if not listening:
+        try:
+            wait_until(lambda: _accepts(self.port), timeout, f"camera server on port {self.port}")
+        except AssertionError:
             self.kill()
-            raise RuntimeError(f"camera server on port {self.port} does not accept connections")
+            raise
 
     def kill(self) -> None:
         """kill -9, as a camera losing power; the port is free again afterwards."""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from rtsp_tools import CameraServer, free_port, wait_until
+from rtsp_tools import CameraServer, free_port
+from waiting import wait_until
 
 from edge_matte.capture.opener import mask_uri, open_source
 from edge_matte.capture.resilient import ResilientSource

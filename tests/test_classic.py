@@ -7,6 +7,7 @@ import logging
 import metrics
 import numpy as np
 import pytest
+from composites import Composite, make_composite
 
 from edge_matte.capture import scene as synth
 from edge_matte.config.schema import ClassicConfig
@@ -14,7 +15,7 @@ from edge_matte.engine.classic import (
     ClassicEngine,
     detection_distance,
     estimate_gain,
-    guided_filter,
+    guided_coefficients,
 )
 from edge_matte.errors import EngineError
 
@@ -24,25 +25,25 @@ TUNED = ClassicConfig(guided_radius=4, guided_eps=1e-4)  # the best of a sweep a
 
 
 @pytest.fixture(scope="module")
-def cases() -> list[synth.Composite]:
+def cases() -> list[Composite]:
     """Textured rooms, soft and hairy subjects (every other one in a colour ~18 levels from the
     room behind it), sensor noise sigma 2, and the light changed by -10%, 0 and +10% since
     the plate was taken."""
     return [
-        synth.make_composite(W, H, seed, gain=gain, camouflage=18.0 if seed % 2 else None)
+        make_composite(W, H, seed, gain=gain, camouflage=18.0 if seed % 2 else None)
         for seed in range(6)
         for gain in (0.9, 1.0, 1.1)
     ]
 
 
-def _naive(case: synth.Composite) -> np.ndarray:
+def _naive(case: Composite) -> np.ndarray:
     """The baseline: any channel more than 25 levels from the plate is foreground. 25 was the
     best of 10..40 on these cases (lower thresholds fire on the whole room at +-10% light)."""
     diff = np.abs(case.image.astype(np.float32) - case.plate.astype(np.float32)).max(axis=2)
     return (diff > 25).astype(np.float32)
 
 
-def _scores(preds: list[np.ndarray], cases: list[synth.Composite]) -> np.ndarray:
+def _scores(preds: list[np.ndarray], cases: list[Composite]) -> np.ndarray:
     """Rows of (SAD, MSE, Grad, Conn), one per case."""
     return np.array(
         [list(metrics.evaluate(p, c.alpha).values()) for p, c in zip(preds, cases, strict=True)]
@@ -62,7 +63,7 @@ def _scores(preds: list[np.ndarray], cases: list[synth.Composite]) -> np.ndarray
     ids=["defaults", "tuned"],
 )
 def test_quality_against_truth_and_a_naive_threshold(
-    config: ClassicConfig, limits: tuple[float, ...], cases: list[synth.Composite]
+    config: ClassicConfig, limits: tuple[float, ...], cases: list[Composite]
 ) -> None:
     engine = ClassicEngine(config)
     ours = _scores([engine.matte(c.image, c.plate).alpha for c in cases], cases)
@@ -86,7 +87,7 @@ def test_quality_against_truth_and_a_naive_threshold(
     assert mean[2] < 0.3 * naive[:, 2].mean()
 
 
-def test_matte_fields_and_range(cases: list[synth.Composite]) -> None:
+def test_matte_fields_and_range(cases: list[Composite]) -> None:
     matte = ClassicEngine(ClassicConfig()).matte(cases[0].image, cases[0].plate)
     assert matte.engine == "classic"
     assert matte.alpha.shape == (H, W) and matte.alpha.dtype == np.float32
@@ -95,7 +96,7 @@ def test_matte_fields_and_range(cases: list[synth.Composite]) -> None:
     assert matte.foreground.shape == (H, W, 3) and matte.foreground.dtype == np.uint8
 
 
-def test_foreground_has_the_background_spill_removed(cases: list[synth.Composite]) -> None:
+def test_foreground_has_the_background_spill_removed(cases: list[Composite]) -> None:
     """Where alpha is fractional the frame mixes subject and room; the engine's foreground is
     much closer to the true subject colour (measured: about half the error of the frame)."""
     engine = ClassicEngine(TUNED)
@@ -122,14 +123,14 @@ def test_an_empty_room_stays_empty_under_a_light_change(gain: float) -> None:
     assert np.array_equal(matte.foreground, frame)
 
 
-def test_gain_estimate_ignores_a_large_subject(cases: list[synth.Composite]) -> None:
+def test_gain_estimate_ignores_a_large_subject(cases: list[Composite]) -> None:
     case = cases[5]  # seed 1, gain 1.1
     gain = estimate_gain(case.image.astype(np.float32), case.plate.astype(np.float32))
     assert gain == pytest.approx(1.1, rel=0.01)
 
 
 def test_noise_floor_comes_from_config_then_profile_then_the_frame(
-    cases: list[synth.Composite],
+    cases: list[Composite],
 ) -> None:
     case = cases[1]
     estimated = ClassicEngine(ClassicConfig())
@@ -150,7 +151,7 @@ def test_noise_floor_comes_from_config_then_profile_then_the_frame(
 
 
 def test_detection_distance_is_what_the_floor_is_compared_with(
-    cases: list[synth.Composite],
+    cases: list[Composite],
 ) -> None:
     case = cases[1]
     distance = detection_distance(case.image, case.plate)
@@ -164,14 +165,14 @@ def test_detection_distance_is_what_the_floor_is_compared_with(
 
 
 def _with_patch(
-    case: synth.Composite, box: tuple[slice, slice], colour: tuple[int, int, int] | None
+    case: Composite, box: tuple[slice, slice], colour: tuple[int, int, int] | None
 ) -> np.ndarray:
     image = case.image.copy()
     image[box] = case.plate[box] if colour is None else colour
     return image
 
 
-def test_small_blobs_are_removed_and_large_ones_kept(cases: list[synth.Composite]) -> None:
+def test_small_blobs_are_removed_and_large_ones_kept(cases: list[Composite]) -> None:
     case = cases[1]  # seed 0: subject in the middle, the top-left corner is room
     engine = ClassicEngine(ClassicConfig(min_blob_area=0.002))  # 154 pixels at 320x240
     small = (slice(10, 20), slice(10, 20))  # 100 px
@@ -182,7 +183,7 @@ def test_small_blobs_are_removed_and_large_ones_kept(cases: list[synth.Composite
     )
 
 
-def test_holes_are_filled_only_when_something_is_there(cases: list[synth.Composite]) -> None:
+def test_holes_are_filled_only_when_something_is_there(cases: list[Composite]) -> None:
     """An invisible patch inside the torso (subject colour = room colour) is filled; a large
     window onto the room, with nothing in it, stays background."""
     case = cases[1]
@@ -198,13 +199,13 @@ def test_holes_are_filled_only_when_something_is_there(cases: list[synth.Composi
 
 @pytest.mark.parametrize(("width", "height"), [(97, 71), (331, 247), (1000, 562)])
 def test_any_frame_size(width: int, height: int) -> None:
-    case = synth.make_composite(width, height, seed=2)
+    case = make_composite(width, height, seed=2)
     matte = ClassicEngine(TUNED).matte(case.image, case.plate)
     assert matte.alpha.shape == (height, width) and matte.foreground.shape == (height, width, 3)
     assert metrics.mse(matte.alpha, case.alpha) < 0.01
 
 
-def test_bad_inputs_raise_engine_error(cases: list[synth.Composite]) -> None:
+def test_bad_inputs_raise_engine_error(cases: list[Composite]) -> None:
     engine = ClassicEngine(ClassicConfig())
     image = cases[0].image
     with pytest.raises(EngineError, match="differs"):
@@ -214,6 +215,12 @@ def test_bad_inputs_raise_engine_error(cases: list[synth.Composite]) -> None:
     with pytest.raises(EngineError, match="plate"):
         engine.matte(image, image[..., 0].copy())
     engine.close()
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """The guided filter the engine applies with the coefficients it fits: mean_a * I + mean_b."""
+    mean_a, mean_b = guided_coefficients(guide, src, radius, eps)
+    return mean_a * guide + mean_b
 
 
 def test_guided_filter_keeps_constants_and_edges_of_its_guide() -> None:

@@ -13,7 +13,7 @@ from test_control_mqtt import online, running
 
 from edge_matte.config import schema as config_mod
 from edge_matte.config.schema import Config
-from edge_matte.control.payloads import known_commands
+from edge_matte.control.topics import COMMANDS
 
 DEVICE = "edge-matte/fuzz"
 GROUP = "edge-matte/group/lobby"
@@ -50,9 +50,9 @@ requests_ = st.one_of(
     values.map(lambda value: json.dumps(value).encode()),
     st.binary(min_size=1, max_size=120),  # an empty payload is not a request: never answered
 )
-command_names = st.sampled_from(known_commands()) | st.text(
-    "abcz/_-.", min_size=1, max_size=12
-).filter(lambda name: name != "result")
+command_names = st.sampled_from(COMMANDS) | st.text("abcz/_-.", min_size=1, max_size=12).filter(
+    lambda name: name != "result"
+)
 targets = st.tuples(
     st.sampled_from([DEVICE, GROUP]),
     st.just("config/set") | command_names.map(lambda name: f"cmd/{name}"),

@@ -23,7 +23,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for the script mode
 
-from mqtt_broker import Broker, Probe, make_tls_files, retained, wait_until  # noqa: E402
+from daemon_tools import save_config  # noqa: E402
+from mqtt_broker import Broker, Probe, make_tls_files, retained  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 from edge_matte.config import schema as config_mod
 from edge_matte.config.schema import Config, MqttConfig  # noqa: E402
@@ -36,7 +38,7 @@ REFUSED_ASSET = "refused-by-daemon.png"
 
 
 class StandInApi:
-    """A real ControlApi: holds a Config, persists it with config.save, records commands."""
+    """A real ControlApi: holds a Config, persists it as a file, records commands."""
 
     def __init__(self, config: Config, path: Path) -> None:
         self._config = config
@@ -45,7 +47,7 @@ class StandInApi:
         self.control: MqttControl | None = None
         self.gate = threading.Event()  # `plate/clear` waits for it: a slow daemon
         self.gate.set()
-        config_mod.save(config, path)
+        save_config(config, path)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -72,7 +74,7 @@ class StandInApi:
     def apply_config(self, config: Config) -> None:
         if config.compose.background == REFUSED_ASSET:
             raise MediaError(f"{REFUSED_ASSET}: not an image")
-        config_mod.save(config, self.path)
+        save_config(config, self.path)
         old, self._config = self._config, config
         if old.mqtt != config.mqtt and self.control is not None:
             self.control.reconfigure(config.mqtt)
@@ -332,7 +334,7 @@ def test_stop_says_stopping_then_offline(broker: Broker, tmp_path: Path) -> None
 def test_will_says_offline_when_the_client_is_killed(broker: Broker, tmp_path: Path) -> None:
     mqtt = broker.mqtt_config(device_id="dev9", protocol="5")
     config_path = tmp_path / "control.yaml"
-    config_mod.save(Config(mqtt=mqtt), config_path)
+    save_config(Config(mqtt=mqtt), config_path)
     with Probe(broker, "edge-matte/dev9/availability") as probe:
         process = subprocess.Popen([sys.executable, __file__, str(config_path)])
         try:

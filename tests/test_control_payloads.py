@@ -16,7 +16,7 @@ from edge_matte.control.payloads import (
     peek_id,
     split_id,
 )
-from edge_matte.control.topics import Topics
+from edge_matte.control.topics import BACKGROUND_SET, COMMANDS, Topics
 
 LIMIT = 1024
 
@@ -129,6 +129,15 @@ def test_command_args_refuses_bad_shapes(name: str, args: dict, message: str) ->
         command_args(name, args, LIMIT)
 
 
+def test_every_command_of_the_table_is_validated_and_only_those() -> None:
+    """The one command table drives validation: a name added there is accepted at once."""
+    for name in COMMANDS:
+        args = {"name": "beach.png"} if name == BACKGROUND_SET else {}
+        assert command_args(name, args, LIMIT) == args
+    with pytest.raises(PayloadError, match="known: " + ", ".join(sorted(COMMANDS))):
+        command_args("plate/explode", {}, LIMIT)
+
+
 def test_topics_route_own_and_group_topics_only() -> None:
     topics = Topics.from_config(MqttConfig(device_id="kiosk1", group="lobby"))
     assert topics.route("edge-matte/kiosk1/config/set") == "config/set"
@@ -151,7 +160,7 @@ def test_discovery_documents_point_at_device_topics() -> None:
     }
     assert select["options"] == ["replace", "blur", "passthrough"]
     unique_ids = {doc["unique_id"] for doc in documents.values()}
-    assert len(unique_ids) == len(documents) == discovery.entity_count(mqtt)
+    assert len(unique_ids) == len(documents) == 16  # each its own id; no image: it is off
     availability = "edge-matte/kiosk1/availability"
     assert all(
         doc.get("availability_topic") == availability

@@ -31,6 +31,7 @@ from daemon_tools import (
     write_config,
 )
 from rtsp_tools import Watcher, free_port, read_frames
+from waiting import wait_on
 
 GREEN, MAGENTA = "#00ff00", "#ff00ff"
 
@@ -68,10 +69,15 @@ class FrameCounter:
         except (OSError, ValueError):  # Watcher.kill closed the pipe under us
             return
 
-    def wait_beyond(self, count: int, timeout: float = 20.0) -> bool:
-        """True once more than `count` frames have been decoded."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.frames > count, timeout)
+    def wait_beyond(self, count: int, timeout: float = 20.0) -> int:
+        """The decoded frame count once it exceeds `count`; AssertionError at the deadline."""
+        return wait_on(
+            self._cond,
+            lambda: self.frames if self.frames > count else 0,
+            timeout,
+            f"more than {count} decoded frames",
+            show=lambda: f"decoded: {self.frames}",
+        )
 
 
 def test_two_clients_at_once_and_a_client_that_leaves_and_comes_back(

@@ -29,8 +29,9 @@ from daemon_tools import (
     scene_truth,
     start_daemon,
 )
-from mqtt_broker import Broker, Probe, retained, wait_until
+from mqtt_broker import Broker, Probe, retained
 from rtsp_tools import free_port, read_frames
+from waiting import wait_until
 
 BASE = "edge-matte/e2e"
 GREEN = "#00ff00"

@@ -21,7 +21,8 @@ import pytest
 from daemon_tools import DaemonProcess, prepared, start_daemon
 from fault_tools import hex_bgr, is_no_signal_card
 from mqtt_broker import Broker, Probe
-from rtsp_tools import CameraServer, free_port, read_frames, wait_until
+from rtsp_tools import CameraServer, free_port, read_frames
+from waiting import wait_until
 from x_tools import XServer, content_box, needs_x
 
 from edge_matte.config.schema import DisplayConfig
@@ -158,8 +159,12 @@ def _start_on(
 
 
 def _await_log(daemon: DaemonProcess, text: str, after: int = 0) -> None:
-    found = wait_until(lambda: text in daemon.log()[after:], WAIT_S)
-    assert found, f"no {text!r} in the daemon's log:\n{daemon.log()[-3000:]}"
+    wait_until(
+        lambda: text in daemon.log()[after:],
+        WAIT_S,
+        f"{text!r} in the daemon's log",
+        show=lambda: daemon.log()[-3000:],
+    )
 
 
 def _screen_and_stream(xserver: XServer, url: str) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ from fault_tools import (
     running,
     small_config,
 )
-from rtsp_tools import CameraServer, free_port, read_frames, wait_until
+from rtsp_tools import CameraServer, free_port, read_frames
+from waiting import wait_until
 
 from edge_matte.config.schema import ComposeConfig
 from edge_matte.runtime.daemon import Daemon
@@ -29,6 +30,7 @@ from edge_matte.runtime.daemon import Daemon
 LOST_WITHIN_S = 5.0  # "within a few seconds"
 RECONNECT = {"timeout_s": 2.0, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
 BACKGROUND = hex_bgr(ComposeConfig().background)
+RESILIENT_LOGGER = "edge_matte.capture.resilient"
 
 
 def latest_frame(daemon: Daemon) -> np.ndarray:
@@ -51,11 +53,21 @@ def assert_live(daemon: Daemon) -> None:
 
 
 def reopen_attempts(caplog: pytest.LogCaptureFixture) -> int:
-    return sum("cannot open" in record.getMessage() for record in caplog.records)
+    return len(attempt_times(caplog))
+
+
+def attempt_times(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """When each failed attempt to open the camera was logged (by the source itself: the event
+    and the daemon's problem line repeat the first one's message)."""
+    return [
+        record.created
+        for record in caplog.records
+        if record.name == RESILIENT_LOGGER and "cannot open" in record.getMessage()
+    ]
 
 
 def test_rtsp_camera_killed_and_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="edge_matte.capture.resilient")
+    caplog.set_level(logging.INFO, logger=RESILIENT_LOGGER)
     camera = CameraServer(free_port(), fps=FPS)
     camera.start()
     daemon = Daemon(small_config(tmp_path, camera.url, source=RECONNECT))
@@ -135,7 +147,7 @@ def test_corrupt_file_shows_no_signal_until_it_is_replaced(tmp_path: Path, clip:
 def test_missing_v4l2_device_shows_no_signal_and_keeps_retrying(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="edge_matte.capture.resilient")
+    caplog.set_level(logging.INFO, logger=RESILIENT_LOGGER)
     device = tmp_path / "video0"  # never created: the USB camera is unplugged
     daemon = Daemon(small_config(tmp_path, f"v4l2://{device}", source=RECONNECT))
     # The first open fails while the daemon is built, before a listener can subscribe, so the
@@ -144,6 +156,17 @@ def test_missing_v4l2_device_shows_no_signal_and_keeps_retrying(
         assert wait_until(lambda: daemon.state()["source_connected"] is False, 3 * LOST_WITHIN_S)
         assert "does not exist" in (daemon.pipeline.source.last_error or "")
         assert_no_signal(daemon)
-        retried = wait_until(lambda: reopen_attempts(caplog) >= 3, 10)
-        assert retried  # still trying to open it
+        times = wait_until(
+            lambda: attempt_times(caplog)[:7] if reopen_attempts(caplog) >= 7 else None,
+            30,
+            "seven attempts to open the device",
+            show=lambda: f"attempts at {attempt_times(caplog)}",
+        )  # still trying to open it
         assert daemon.state()["pipeline"] == "running"
+    # Backoff: retry delays double from reconnect_min_s (0.2 s) and stop at reconnect_max_s
+    # (1.0 s). A retry loop without a delay, or one that does not double, fails the first
+    # check; doubling without the cap (1.6, 3.2, 6.4 s) fails the second.
+    gaps = np.diff(times)
+    expected = [0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert all(gap >= 0.9 * delay for gap, delay in zip(gaps, expected, strict=True)), gaps
+    assert max(gaps[3:]) < 2.5, gaps

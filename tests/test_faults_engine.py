@@ -20,7 +20,8 @@ from fault_tools import (
     small_config,
 )
 from model_builders import random_model
-from rtsp_tools import read_frames, wait_until
+from rtsp_tools import read_frames
+from waiting import wait_until
 
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
 from edge_matte.config.schema import Config

@@ -134,12 +134,19 @@ NASTY_CONFIGS = [
     b"source: {width: 99999999999999999999999999999999999999}\n",
     b"stream:\n\tport: 1\n",
 ]
-# Found by this suite; config.load lets them escape as other exceptions (see the reasons).
-ESCAPING_CONFIGS = {
-    "deep-lists": (b"[" * 5000 + b"]" * 5000, "PyYAML's recursive parser: RecursionError"),
-    "deep-maps": (b"{a: " * 3000 + b"1" + b"}" * 3000, "PyYAML's recursive parser: RecursionError"),
-    "utf-16": (b"\xff\xfes\x00o\x00u\x00r\x00c\x00e\x00", "read_text: UnicodeDecodeError"),
-    "latin-1": (b"source: {uri: 'test://caf\xe9'}\n", "read_text: UnicodeDecodeError"),
+# Once found by this suite escaping as other exceptions (PyYAML's recursive parser raised
+# RecursionError, read_text UnicodeDecodeError); now ConfigErrors that say why.
+DEEP_OR_NOT_UTF8_CONFIGS = {
+    "deep-lists": (b"[" * 5000 + b"]" * 5000, "config is nested too deeply"),
+    "deep-maps": (b"{a: " * 3000 + b"1" + b"}" * 3000, "config is nested too deeply"),
+    "utf-16": (
+        b"\xff\xfes\x00o\x00u\x00r\x00c\x00e\x00",
+        "config is not UTF-8 text (invalid start byte at byte 0)",
+    ),
+    "latin-1": (
+        b"source: {uri: 'test://caf\xe9'}\n",
+        "config is not UTF-8 text (invalid continuation byte at byte 25)",
+    ),
 }
 
 
@@ -155,13 +162,21 @@ def test_nasty_config_files_are_config_errors(tmp_path: Path, data: bytes) -> No
 
 
 @pytest.mark.parametrize(
-    "data",
-    [pytest.param(data, id=name) for name, (data, _reason) in ESCAPING_CONFIGS.items()],
+    ("data", "reason"),
+    [
+        pytest.param(data, reason, id=name)
+        for name, (data, reason) in DEEP_OR_NOT_UTF8_CONFIGS.items()
+    ],
 )
-def test_config_files_that_escape_as_other_errors(tmp_path: Path, data: bytes) -> None:
+def test_deep_or_non_utf8_config_files_are_config_errors_saying_why(
+    tmp_path: Path, data: bytes, reason: str
+) -> None:
     path = tmp_path / "edge-matte.yaml"
     path.write_bytes(data)
-    assert load_config(path) is None
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path)
+    assert str(caught.value) == f"{path}: {reason}"
+    assert path.read_bytes() == data
 
 
 def test_an_alias_bomb_under_a_known_key_gives_a_short_error(tmp_path: Path) -> None:
@@ -182,18 +197,13 @@ def test_generated_config_files(tmp_path: Path, data: dict) -> None:
 
 
 @FUZZ
-@given(  # kept UTF-8 (bad bytes replaced): other encodings escape, see the test above
-    data=(mutations(VALID_CONFIG) | st.binary(max_size=300)).map(
-        lambda raw: raw.decode("utf-8", "replace").encode()
-    )
-)
+@given(data=mutations(VALID_CONFIG) | st.binary(max_size=300))  # raw bytes: any encoding
 def test_mutated_config_files(tmp_path: Path, data: bytes) -> None:
     path = tmp_path / "edge-matte.yaml"
     path.write_bytes(data)
     result = load_config(path)
-    if result is not None:  # whatever loads must survive a save/load round trip unchanged
-        config_mod.save(result, tmp_path / "again.yaml")
-        assert config_mod.load(tmp_path / "again.yaml") == result
+    if result is not None:  # whatever loads survives the dump/parse round trip patches make
+        assert config_mod.apply_patch(result, {}) == result
 
 
 # -- saved plates ------------------------------------------------------------------------------------

@@ -18,16 +18,29 @@ from fault_tools import (
     slow,
     small_config,
 )
-from rtsp_tools import StalledClient, Watcher, read_frames, wait_until
+from rtsp_tools import StalledClient, Watcher, read_frames
+from waiting import wait_until
 
 from edge_matte.runtime.daemon import Daemon
-from edge_matte.tools.soak_load import watch
+from edge_matte.tools.soak_load import RtspViewer
 
 CYCLES = 200
 SETTLE_S = 20.0  # a stalled session expires after 10 s; GStreamer tasks end a little later
 RSS_ALLOWANCE = 40 * 2**20  # allocator high-water marks, GStreamer caches: bounded, not growing
 EXPIRY_S = 60.0  # session timeout 10 s; gst-rtsp-server counts from the last data it could send
 RATE_FLOOR = 0.8  # of the rate measured with nobody watching (noise on a busy 2-core machine)
+
+
+def watch(url: str, packets: int = 5) -> int:
+    """One complete viewer session receiving `packets` RTP packets; their payload bytes."""
+    viewer = RtspViewer(url)
+    try:
+        viewer.play()
+        received = viewer.read_rtp(packets)
+        viewer.teardown()
+    finally:
+        viewer.close()
+    return received
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_tools import save_config
 from fault_tools import output_frames, running, small_config
-from rtsp_tools import wait_until
+from waiting import wait_until
 
 from edge_matte.config import schema as config_mod
 from edge_matte.control import overrides
@@ -82,7 +83,7 @@ class StorageScene:
     def __init__(self, volume: Path) -> None:
         self.config_path = volume / "edge-matte.yaml"
         config = small_config(volume / "state")
-        config_mod.save(config, self.config_path)
+        save_config(config, self.config_path)
         self.daemon = Daemon(config_mod.load(self.config_path), self.config_path)
         self.overrides_path = overrides.path_for(config)
         size = self.daemon.pipeline.size
@@ -161,7 +162,8 @@ def test_read_only_state_directory_while_saving_plate_and_config(volume: Path) -
 
 # -- kill -9 mid-write -----------------------------------------------------------------------------
 
-# The writer saves config and plate versions in turn through the daemon's own code. Version k's
+# The writer saves config and plate versions in turn through the daemon's own code (config files
+# as every saved file: edge_matte.atomic; plates: the plate store). Version k's
 # config has compose.background #<k in hex>, its plate is noise seeded k with method "v<k>" in
 # its metadata: the test knows every version and can tell a torn file or a mixed pair. Run as
 # `writer DIR FIRST STOP` it writes those versions; run as `writer DIR` it forks one child per
@@ -170,13 +172,14 @@ _WRITER = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from edge_matte.config import schema as config_mod
+import yaml
+from edge_matte import atomic
 from edge_matte.plate import store
 
 def write(directory, first, stop):
     for k in range(first, stop):
-        config = config_mod.parse({"compose": {"background": f"#{k:06x}"}})
-        config_mod.save(config, directory / "edge-matte.yaml")
+        config = yaml.safe_dump({"compose": {"background": f"#{k:06x}"}})
+        atomic.write_text(directory / "edge-matte.yaml", config, mode=0o600)
         image = np.random.default_rng(k).integers(0, 256, (240, 320, 3), np.uint8)
         meta = store.PlateMeta(float(k), "test://", 320, 240, None, f"v{k}", 1.0)
         store.save(directory / "plate.png", image, meta)

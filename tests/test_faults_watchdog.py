@@ -22,6 +22,7 @@ import numpy as np
 from daemon_tools import DaemonProcess, NotifySocket, daemon_config, write_config
 from fault_tools import WAIT_S
 from rtsp_tools import free_port, read_frames
+from waiting import wait_on
 
 from edge_matte.capture.synthetic import SyntheticSource, parse_uri
 from edge_matte.control import overrides
@@ -61,12 +62,13 @@ class Runner:
                 self._arrived.notify_all()
 
     def wait_for(self, key: str, value: str, timeout: float = WAIT_S) -> dict:
-        with self._arrived:
-            found = self._arrived.wait_for(
-                lambda: any(line.get(key) == value for line in self._lines), timeout
-            )
-            assert found, f"no {key}={value} within {timeout} s; got {self._lines[-5:]}"
-            return next(line for line in self._lines if line.get(key) == value)
+        return wait_on(
+            self._arrived,
+            lambda: next((line for line in self._lines if line.get(key) == value), None),
+            timeout,
+            f"{key}={value} from the runner",
+            show=lambda: f"last lines: {self._lines[-5:]}",
+        )
 
     def send(self, command: str) -> dict:
         self.process.stdin.write(command + "\n")

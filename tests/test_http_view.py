@@ -38,7 +38,8 @@ from daemon_tools import (
     start_daemon,
     write_config,
 )
-from rtsp_tools import CameraServer, free_port, wait_until
+from rtsp_tools import CameraServer, free_port
+from waiting import wait_until
 
 from edge_matte.config.schema import HttpConfig
 from edge_matte.output.http_view import HttpView

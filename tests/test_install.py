@@ -243,15 +243,48 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_command_line(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_line_installs_the_executable_it_names_and_prints_each_action(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert install.main_install(_args("--root", str(root), "--exec", str(EXEC), "--no-start")) == 0
-    assert f"created {root / 'etc/systemd/system/edge-matte.service'}" in capsys.readouterr().out
+    unit = root / "etc/systemd/system/edge-matte.service"
+    printed = capsys.readouterr().out.splitlines()
+    assert f"created {unit} (0644 0:0)" in printed
+    assert printed[-1] == f"ran systemctl --root={root} enable edge-matte.service"
+    assert f"ExecStart={EXEC} run" in unit.read_text()
+
+
+def test_purge_without_uninstall_is_a_usage_error_that_changes_nothing(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(root)
     assert install.main_install(_args("--root", str(root), "--purge")) == 2
-    assert "--purge only goes with --uninstall" in capsys.readouterr().err
+    assert capsys.readouterr().err == "edge-matte: --purge only goes with --uninstall\n"
+    assert _snapshot(root) == before
+
+
+def test_a_relative_executable_is_refused_before_anything_changes(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(root)
     assert install.main_install(_args("--root", str(root), "--exec", "relative/edge-matte")) == 1
-    assert "must be an absolute path" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "edge-matte: install-service: --exec relative/edge-matte: must be an absolute path\n"
+    )
+    assert _snapshot(root) == before
+
+
+def test_uninstall_with_purge_from_the_command_line_removes_config_state_and_cache(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install.install(root, exec_path=EXEC, start=False)
+    capsys.readouterr()
     assert install.main_install(_args("--root", str(root), "--uninstall", "--purge")) == 0
-    assert not (root / "etc/edge-matte").exists()
+    printed = capsys.readouterr().out.splitlines()
+    for gone in ("etc/systemd/system/edge-matte.service", "etc/edge-matte", "var/lib/edge-matte"):
+        assert not (root / gone).exists()
+        assert f"removed {root / gone}" in printed
+    assert (root / EXEC.relative_to("/")).exists()  # the executable is not the installer's
 
 
 def test_an_executable_outside_the_root_is_warned_about(root: Path) -> None:

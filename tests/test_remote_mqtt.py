@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import yaml
 from daemon_tools import prepared, start_daemon, write_config
-from mqtt_broker import Broker, Probe, free_port, retained, wait_until
+from mqtt_broker import Broker, Probe, free_port, retained
+from waiting import wait_until
 
 DEVICE = "dev"
 BASE = f"edge-matte/{DEVICE}"

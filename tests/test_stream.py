@@ -17,8 +17,8 @@ from rtsp_tools import (
     free_port,
     probe,
     read_frames,
-    wait_until,
 )
+from waiting import wait_until
 
 from edge_matte.config.schema import StreamConfig
 from edge_matte.errors import EdgeMatteError, MediaError

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from composites import make_composite
 
 from edge_matte.capture import scene as synth
 from edge_matte.capture.synthetic import SceneScript, SyntheticSource, parse_uri
@@ -192,7 +193,7 @@ def test_realtime_source_times_out_when_the_next_frame_is_not_due() -> None:
 
 def test_make_composite_builds_consistent_triples() -> None:
     for width, height in ((96, 64), (320, 240)):
-        comp = synth.make_composite(
+        comp = make_composite(
             width, height, seed=2, gain=1.1, noise_sigma=0.0, plate_noise_sigma=0.0
         )
         assert comp.image.shape == comp.plate.shape == (height, width, 3)
@@ -205,7 +206,7 @@ def test_make_composite_builds_consistent_triples() -> None:
 
 
 def test_camouflage_puts_the_subject_near_the_room_colour() -> None:
-    comp = synth.make_composite(320, 240, seed=1, camouflage=18.0)
+    comp = make_composite(320, 240, seed=1, camouflage=18.0)
     inside = comp.alpha > 0.99
     lower = np.zeros_like(inside)
     lower[120:, 107:213] = True
@@ -215,14 +216,25 @@ def test_camouflage_puts_the_subject_near_the_room_colour() -> None:
 
 
 def test_script_fields_all_settable_from_the_uri() -> None:
+    """Each field, given a value other than what it would be without the query, takes it."""
+    baseline = parse_uri("test://", 160, 120, 30.0)
     for spec in dataclasses.fields(SceneScript):
         if spec.init:
-            parse_uri(f"test://?{spec.name}={_sample(spec.default)}", 160, 120, 30.0)
+            text, value = _sample(spec.default)
+            script = parse_uri(f"test://?{spec.name}={text}", 160, 120, 30.0)
+            assert getattr(baseline, spec.name) != value, spec.name  # the check can fail
+            assert getattr(script, spec.name) == value, spec.name
 
 
-def _sample(default: object) -> str:
+def _sample(default: object) -> tuple[str, object]:
+    """A value unlike `default`, as the query spells it and as the script holds it."""
     if isinstance(default, bool):
-        return "true"
+        return ("false", False) if default else ("true", True)
     if isinstance(default, tuple):
-        return "1,1"
-    return "7" if default is None else str(default)
+        return "1.5,-2", (1.5, -2.0)
+    if default is None:
+        return "7", 7
+    if isinstance(default, int):
+        return str(default + 2), default + 2
+    assert isinstance(default, float)
+    return str(default + 0.25), default + 0.25

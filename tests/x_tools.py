@@ -11,12 +11,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from waiting import wait_until
 
 START_S = 10.0
 
@@ -56,14 +56,14 @@ class XServer:
         return self
 
     def _await_socket(self) -> None:
-        deadline = time.monotonic() + START_S
-        while subprocess.run(
-            ["ffmpeg", "-loglevel", "quiet", "-f", "x11grab", "-i", self.display, "-frames:v",
-             "1", "-f", "null", "-"], check=False,
-        ).returncode:  # fmt: skip
-            if time.monotonic() > deadline:
-                raise AssertionError(f"Xvfb {self.display} did not come up")
-            time.sleep(0.1)
+        grab = ["ffmpeg", "-loglevel", "quiet", "-f", "x11grab", "-i", self.display,
+                "-frames:v", "1", "-f", "null", "-"]  # fmt: skip
+        wait_until(
+            lambda: subprocess.run(grab, check=False).returncode == 0,
+            START_S,
+            f"Xvfb {self.display} to take a screen grab",
+            interval=0.1,
+        )
 
     def kill(self) -> None:
         """The X server dies at once, as when a desktop crashes or the screen's server is lost."""

@@ -1,10 +1,11 @@
-"""Generated rooms, subjects and composites whose true alpha and background are known.
+"""Generated rooms and subjects whose true alpha and background are known.
 
-The `test://` source and the quality tests are built from these blocks, so the daemon, the plate
-logic and the engines can be checked anywhere, without cameras, photos or datasets. Every value
-is linear float BGR in 0..255 (the camera's 8-bit scale, no gamma), so a light change is a plain
-gain and a composite is `I = a*F + (1-a)*B*gain + noise`, as the matting literature assumes.
-Rooms and sprites are rendered once per (size, seed) and cached: a frame is only pasting.
+The `test://` source and the quality tests' composites (tests/composites.py) are built from
+these blocks, so the daemon, the plate logic and the engines can be checked anywhere, without
+cameras, photos or datasets. Every value is linear float BGR in 0..255 (the camera's 8-bit
+scale, no gamma), so a light change is a plain gain and a composite is
+`I = a*F + (1-a)*B*gain + noise`, as the matting literature assumes. Rooms and sprites are
+rendered once per (size, seed) and cached: a frame is only pasting.
 """
 
 from __future__ import annotations
@@ -54,17 +55,6 @@ class Sprite:
     def premultiplied(self) -> np.ndarray:
         """alpha * colour, the sprite's own contribution to a composite."""
         return _frozen(self.colour * self.alpha[..., None])
-
-
-@dataclass(frozen=True)
-class Composite:
-    """One test image with everything known about it."""
-
-    image: np.ndarray  # [H, W, 3] uint8: the frame the camera delivers (gain, noise)
-    plate: np.ndarray  # [H, W, 3] uint8: the empty room as captured earlier (gain 1, little noise)
-    alpha: np.ndarray  # [H, W] float32: the true alpha
-    foreground: np.ndarray  # [H, W, 3] float32 BGR: the true subject colour (where alpha > 0)
-    background: np.ndarray  # [H, W, 3] float32 BGR: the room behind the subject, gain applied
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -382,43 +372,3 @@ def shirt_near(
     mean = background.reshape(-1, 3).mean(axis=0)
     colour = mean + distance * direction / np.linalg.norm(direction)
     return tuple(float(c) for c in np.clip(colour, 5, 230))
-
-
-def make_composite(
-    width: int,
-    height: int,
-    seed: int = 0,
-    gain: float = 1.0,
-    noise_sigma: float = 2.0,
-    plate_noise_sigma: float = 0.7,
-    camouflage: float | None = None,
-) -> Composite:
-    """A frame with one subject standing in the room, its plate and its truth.
-
-    `gain` changes the room's light since the plate was taken; `noise_sigma` is the frame's sensor
-    noise and `plate_noise_sigma` the plate's (a temporal median leaves a little). `camouflage`
-    gives the subject a shirt that many levels from the room's colour behind it.
-    """
-    rng = _rng(seed, "composite")
-    background = room(width, height, seed)
-    shirt = (
-        None
-        if camouflage is None
-        else shirt_near(background[height // 2 :, width // 3 : 2 * width // 3], rng, camouflage)
-    )
-    sprite = subject(height, seed, shirt)
-    canvas = background * np.float32(gain)
-    alpha = np.zeros((height, width), np.float32)
-    x = (width - sprite.size[0]) // 2 + int(rng.integers(-width // 8, width // 8 + 1))
-    paste_over(canvas, alpha, sprite, x, height - sprite.size[1])
-    foreground = np.zeros_like(canvas)
-    paste_over(
-        foreground,
-        np.zeros_like(alpha),
-        Sprite(np.ones_like(sprite.alpha), sprite.colour),
-        x,
-        height - sprite.size[1],
-    )
-    image = to_uint8(canvas + rng.normal(0, noise_sigma, canvas.shape).astype(np.float32))
-    plate = to_uint8(background + rng.normal(0, plate_noise_sigma, canvas.shape).astype(np.float32))
-    return Composite(image, plate, alpha, foreground, background * np.float32(gain))

@@ -29,7 +29,6 @@ from pydantic import (
     model_validator,
 )
 
-from edge_matte import atomic
 from edge_matte.config import redact
 from edge_matte.errors import ConfigError
 
@@ -663,13 +662,6 @@ def apply_patch(config: Config, patch: Any) -> Config:
         raise ConfigError(f"patch must be a JSON object, got {type(patch).__name__}")
     current = _reveal_secrets(config, config.model_dump(mode="json", exclude_unset=True))
     return parse(merge_patch(current, patch), "patch")
-
-
-def save(config: Config, path: Path) -> None:
-    """Atomically write the config (only explicitly set keys) as YAML, mode 0600 (may hold secrets)."""
-    data = config.model_dump(mode="json", exclude_unset=True)
-    data = _reveal_secrets(config, data)
-    atomic.write_text(path, yaml.safe_dump(data, sort_keys=False), mode=0o600)
 
 
 def _reveal_secrets(config: Config, data: dict[str, Any]) -> dict[str, Any]:

@@ -9,17 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from edge_matte.config.schema import Config
+from edge_matte.control.topics import DAEMON_COMMANDS
 
-# Commands the daemon executes through `ControlApi.command`. `snapshot` is answered by the
-# control itself with `snapshot_jpeg`, so it is not in this list.
-DAEMON_COMMANDS = (
-    "plate/capture",
-    "plate/freeze",
-    "plate/unfreeze",
-    "plate/clear",
-    "background/set",
-    "restart",
-)
+__all__ = ["DAEMON_COMMANDS", "ControlApi"]  # the command names are spelled in `topics`
 
 
 class ControlApi(Protocol):

@@ -17,7 +17,20 @@ from typing import Any, get_args
 from edge_matte import __version__
 from edge_matte.config.redact import mask
 from edge_matte.config.schema import ComposeConfig, MqttConfig
-from edge_matte.control.topics import AUTO_REFRESH_SET, CMD_PREFIX, CONFIG_SET, Topics
+from edge_matte.control.topics import (
+    AUTO_REFRESH_SET,
+    AVAILABILITY,
+    CONFIG_SET,
+    EVENTS,
+    IMAGE,
+    PLATE_CAPTURE,
+    RESTART,
+    SNAPSHOT_COMMAND,
+    STATE,
+    TELEMETRY,
+    Topics,
+    command_topic,
+)
 from edge_matte.events import KINDS
 from edge_matte.plate import PlateState
 
@@ -32,13 +45,13 @@ def _reading(name: str, key: str, unit: str, **extra: Any) -> tuple[str, dict[st
         "sensor",
         {
             "name": name,
-            "state_topic": "telemetry",
+            "state_topic": TELEMETRY,
             "value_template": f"{{{{ value_json.{key} }}}}",
             "unit_of_measurement": unit,
             "availability": [
-                {"topic": "availability"},
+                {"topic": AVAILABILITY},
                 {
-                    "topic": "telemetry",
+                    "topic": TELEMETRY,
                     "value_template": f"{{{{ 'online' if value_json.{key} is not none else 'offline' }}}}",
                 },
             ],
@@ -56,7 +69,7 @@ def _flag(name: str, key: str, device_class: str, **extra: Any) -> tuple[str, di
         "binary_sensor",
         {
             "name": name,
-            "state_topic": "state",
+            "state_topic": STATE,
             "value_template": template,
             "payload_on": "ON",
             "payload_off": "OFF",
@@ -69,7 +82,7 @@ def _flag(name: str, key: str, device_class: str, **extra: Any) -> tuple[str, di
 def _button(name: str, command: str, **extra: Any) -> tuple[str, dict[str, Any]]:
     return (
         "button",
-        {"name": name, "command_topic": f"{CMD_PREFIX}{command}", "payload_press": "{}", **extra},
+        {"name": name, "command_topic": command_topic(command), "payload_press": "{}", **extra},
     )
 
 
@@ -83,7 +96,7 @@ _ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {
         "sensor",
         {
             "name": "Plate",
-            "state_topic": "state",
+            "state_topic": STATE,
             "value_template": "{{ value_json.plate }}",
             "device_class": "enum",
             "options": [state.value for state in PlateState],
@@ -91,7 +104,7 @@ _ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "engine": (
         "sensor",
-        {"name": "Engine", "state_topic": "state", "value_template": "{{ value_json.engine }}"},
+        {"name": "Engine", "state_topic": STATE, "value_template": "{{ value_json.engine }}"},
     ),
     "source_connected": _flag("Camera", "source_connected", "connectivity", **DIAGNOSTIC),
     "degraded": _flag("Engine degraded", "degraded", "problem", **DIAGNOSTIC),
@@ -100,30 +113,30 @@ _ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {
         "Problem",
         "problem",
         "problem",
-        json_attributes_topic="state",
+        json_attributes_topic=STATE,
         json_attributes_template="{{ {'problem': value_json.problem} | tojson }}",
     ),
     "compose_mode": (
         "select",
         {
             "name": "Composite mode",
-            "state_topic": "state",
+            "state_topic": STATE,
             "command_topic": CONFIG_SET,
             "value_template": "{{ value_json.compose_mode }}",
             "command_template": '{"compose": {"mode": "{{ value }}"}}',
             "options": list(get_args(ComposeConfig.model_fields["mode"].annotation)),
         },
     ),
-    "plate_capture": _button("Capture plate", "plate/capture"),
+    "plate_capture": _button("Capture plate", PLATE_CAPTURE),
     "restart": _button(
-        "Restart pipeline", "restart", device_class="restart", entity_category="config"
+        "Restart pipeline", RESTART, device_class="restart", entity_category="config"
     ),
-    "snapshot": _button("Take snapshot", "snapshot"),
+    "snapshot": _button("Take snapshot", SNAPSHOT_COMMAND),
     "plate_auto_refresh": (
         "switch",
         {
             "name": "Plate auto-refresh",
-            "state_topic": "state",
+            "state_topic": STATE,
             "command_topic": AUTO_REFRESH_SET,
             "value_template": "{{ 'OFF' if value_json.plate_frozen else 'ON' }}",
             "payload_on": "ON",
@@ -134,7 +147,7 @@ _ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {
         "event",
         {
             "name": "Events",
-            "state_topic": "events",
+            "state_topic": EVENTS,
             "event_types": list(KINDS),
             "value_template": (
                 "{{ {'event_type': value_json.kind, 'message': value_json.message} | tojson }}"
@@ -143,7 +156,7 @@ _ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "image": (
         "image",
-        {"name": "Composite", "image_topic": "image", "content_type": "image/jpeg"},
+        {"name": "Composite", "image_topic": IMAGE, "content_type": "image/jpeg"},
     ),
 }
 _TOPIC_KEYS = ("state_topic", "command_topic", "json_attributes_topic", "image_topic")
@@ -165,11 +178,6 @@ def removals(mqtt: MqttConfig) -> list[tuple[str, str]]:
     return [(_topic(mqtt, name), "") for name in _ENTITIES]
 
 
-def entity_count(mqtt: MqttConfig) -> int:
-    """How many entities `messages` announces under these settings."""
-    return sum(_announced(mqtt, name) for name in _ENTITIES) if mqtt.homeassistant else 0
-
-
 def _announced(mqtt: MqttConfig, name: str) -> bool:
     return name != "image" or mqtt.image_interval_s > 0
 
@@ -183,10 +191,10 @@ def _payload(mqtt: MqttConfig, topics: Topics, name: str) -> str:
     entity = dict(_ENTITIES[name][1])
     for key in _TOPIC_KEYS:
         if key in entity:
-            entity[key] = f"{topics.base}/{entity[key]}"
+            entity[key] = topics.at(entity[key])
     if "availability" in entity:
         entity["availability"] = [
-            {**item, "topic": f"{topics.base}/{item['topic']}"} for item in entity["availability"]
+            {**item, "topic": topics.at(item["topic"])} for item in entity["availability"]
         ]
     else:
         entity["availability_topic"] = topics.availability

@@ -19,20 +19,27 @@ from edge_matte.config.redact import mask, shorten
 from edge_matte.control import payloads
 from edge_matte.control.api import ControlApi
 from edge_matte.control.payloads import PayloadError
-from edge_matte.control.topics import AUTO_REFRESH_SET, CMD_PREFIX, CMD_RESULT, CONFIG_SET
+from edge_matte.control.topics import (
+    AUTO_REFRESH_SET,
+    CMD_PREFIX,
+    CMD_RESULT,
+    CONFIG_RESULT,
+    CONFIG_SET,
+    PLATE_FREEZE,
+    PLATE_UNFREEZE,
+    SNAPSHOT_COMMAND,
+    command_topic,
+)
 from edge_matte.errors import ConfigError, EdgeMatteError
 
 _LOG = logging.getLogger(__name__)
-
-CONFIG_RESULT = "config/result"
-COMMAND_RESULT = CMD_RESULT
 
 
 @dataclass(frozen=True)
 class Answer:
     """What to publish for one request: a result (on `result_topic`) and maybe more."""
 
-    result_topic: str  # CONFIG_RESULT or COMMAND_RESULT, relative to the device base
+    result_topic: str  # CONFIG_RESULT or CMD_RESULT, relative to the device base
     result: dict[str, Any]
     snapshot: bytes | None = None
     changed: bool = False  # the request changed something: republish config and state
@@ -116,33 +123,33 @@ def _command(api: ControlApi, relative: str, payload: bytes, refusal: str | None
     try:
         request_id, args = payloads.split_id(payloads.decode_object(payload, limit))
         args = payloads.command_args(name, args, limit)
-        if name == "snapshot":
+        if name == SNAPSHOT_COMMAND:
             jpeg = api.snapshot_jpeg()
             return Answer(
-                COMMAND_RESULT,
+                CMD_RESULT,
                 _command_result(request_id, name, {"bytes": len(jpeg)}),
                 snapshot=jpeg,
             )
         result = api.command(name, args)
     except EdgeMatteError as err:  # PayloadError included
         return _command_answer(request_id, name, error=str(err))
-    return Answer(COMMAND_RESULT, _command_result(request_id, name, result), changed=True)
+    return Answer(CMD_RESULT, _command_result(request_id, name, result), changed=True)
 
 
 def _auto_refresh(api: ControlApi, relative: str, payload: bytes, refusal: str | None) -> Answer:
     """Home Assistant switch: ON = automatic plate refresh (unfreeze), OFF = freeze."""
-    choice = {b"ON": "plate/unfreeze", b"OFF": "plate/freeze"}.get(payload.strip())
+    choice = {b"ON": PLATE_UNFREEZE, b"OFF": PLATE_FREEZE}.get(payload.strip())
     if refusal is None and choice is None:
         refusal = "<payload>: expected ON or OFF"
     if refusal is not None:
         return _command_answer(None, relative, error=refusal)
-    return _command(api, CMD_PREFIX + choice, b"{}", None)
+    return _command(api, command_topic(choice), b"{}", None)
 
 
 def _command_answer(request_id: payloads.RequestId, name: str, error: str) -> Answer:
     shown = shorten(mask(error))
     return Answer(
-        COMMAND_RESULT, {"id": request_id, "command": shorten(name), "ok": False, "error": shown}
+        CMD_RESULT, {"id": request_id, "command": shorten(name), "ok": False, "error": shown}
     )
 
 

@@ -256,7 +256,7 @@ class MqttControl:
             if answer.changed:
                 self._refresh_retained()
             result = json.dumps(mask_data(answer.result), default=str)
-            self._publish(f"{self._topics.base}/{answer.result_topic}", result)
+            self._publish(self._topics.at(answer.result_topic), result)
         finally:
             if release:
                 self._slots.release()

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from edge_matte.control.topics import BACKGROUND_SET, COMMANDS
 from edge_matte.errors import EdgeMatteError
 
 MAX_DEPTH = 32
@@ -84,10 +85,6 @@ def command_args(name: str, args: dict[str, Any], max_bytes: int) -> dict[str, A
     return validator(name, args, max_bytes)
 
 
-def known_commands() -> tuple[str, ...]:
-    return tuple(sorted(_COMMANDS))
-
-
 def _no_args(name: str, args: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     if args:
         raise PayloadError([f"{key}: unknown argument for {name}" for key in sorted(args)])
@@ -130,14 +127,9 @@ _BG_CHECKS: dict[str, Callable[[Any, int], list[str]]] = {
     "name": _check_name,
     "image_base64": _check_image,
 }
-_COMMANDS: dict[str, Callable[[str, dict[str, Any], int], dict[str, Any]]] = {
-    "plate/capture": _no_args,
-    "plate/freeze": _no_args,
-    "plate/unfreeze": _no_args,
-    "plate/clear": _no_args,
-    "restart": _no_args,
-    "snapshot": _no_args,
-    "background/set": _background_args,
+_Validator = Callable[[str, dict[str, Any], int], dict[str, Any]]
+_COMMANDS: dict[str, _Validator] = {
+    name: _background_args if name == BACKGROUND_SET else _no_args for name in COMMANDS
 }
 
 

@@ -1,8 +1,9 @@
-"""Every MQTT topic of one device, derived from its config in one place.
+"""Every MQTT topic and command name of one device, in one place.
 
 Device topics live under `<prefix>/<device_id>/`; fleet topics under `<prefix>/group/<group>/`.
-Incoming topics are reduced to a path relative to either base (`config/set`, `cmd/plate/capture`)
-so handlers never see which base a message came through.
+The constants below are paths relative to either base; `Topics` turns them into full topics for
+one device. Incoming topics are reduced to such a relative path (`config/set`,
+`cmd/plate/capture`) so handlers never see which base a message came through.
 """
 
 from __future__ import annotations
@@ -11,10 +12,46 @@ from dataclasses import dataclass
 
 from edge_matte.config.schema import MqttConfig
 
+# Published by the device (relative to its base).
+AVAILABILITY = "availability"
+STATE = "state"
+TELEMETRY = "telemetry"
+CONFIG = "config"
+EVENTS = "events"
+SNAPSHOT = "snapshot"
+IMAGE = "image"
+CONFIG_RESULT = "config/result"
+CMD_RESULT = "cmd/result"
+
+# Requests to the device (relative to its base or its group's).
 CONFIG_SET = "config/set"
 CMD_PREFIX = "cmd/"
-CMD_RESULT = "cmd/result"
 AUTO_REFRESH_SET = "plate/auto_refresh/set"  # Home Assistant switch (ON/OFF)
+
+# Command names, requested on `cmd/<name>`.
+PLATE_CAPTURE = "plate/capture"
+PLATE_FREEZE = "plate/freeze"
+PLATE_UNFREEZE = "plate/unfreeze"
+PLATE_CLEAR = "plate/clear"
+BACKGROUND_SET = "background/set"
+RESTART = "restart"
+SNAPSHOT_COMMAND = "snapshot"  # answered by the control itself (`ControlApi.snapshot_jpeg`)
+
+# What `ControlApi.command` executes; every command is one of these or SNAPSHOT_COMMAND.
+DAEMON_COMMANDS = (
+    PLATE_CAPTURE,
+    PLATE_FREEZE,
+    PLATE_UNFREEZE,
+    PLATE_CLEAR,
+    BACKGROUND_SET,
+    RESTART,
+)
+COMMANDS = (*DAEMON_COMMANDS, SNAPSHOT_COMMAND)
+
+
+def command_topic(name: str) -> str:
+    """The relative topic that requests command `name`."""
+    return CMD_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -31,42 +68,38 @@ class Topics:
         discovery = mqtt.discovery_prefix if mqtt.homeassistant else None
         return cls(f"{mqtt.topic_prefix}/{mqtt.device_id}", group, discovery)
 
+    def at(self, relative: str) -> str:
+        """The device's full topic for a path relative to its base (one of the constants)."""
+        return f"{self.base}/{relative}"
+
     @property
     def availability(self) -> str:
-        return f"{self.base}/availability"
+        return self.at(AVAILABILITY)
 
     @property
     def state(self) -> str:
-        return f"{self.base}/state"
+        return self.at(STATE)
 
     @property
     def telemetry(self) -> str:
-        return f"{self.base}/telemetry"
+        return self.at(TELEMETRY)
 
     @property
     def config(self) -> str:
-        return f"{self.base}/config"
-
-    @property
-    def config_result(self) -> str:
-        return f"{self.base}/config/result"
-
-    @property
-    def cmd_result(self) -> str:
-        return f"{self.base}/{CMD_RESULT}"
+        return self.at(CONFIG)
 
     @property
     def snapshot(self) -> str:
-        return f"{self.base}/snapshot"
+        return self.at(SNAPSHOT)
 
     @property
     def image(self) -> str:
         """Retained JPEG of the composite for Home Assistant's image entity (when enabled)."""
-        return f"{self.base}/image"
+        return self.at(IMAGE)
 
     @property
     def events(self) -> str:
-        return f"{self.base}/events"
+        return self.at(EVENTS)
 
     @property
     def ha_status(self) -> str | None:
@@ -75,11 +108,11 @@ class Topics:
 
     def subscriptions(self) -> list[str]:
         """Filters to subscribe to on every (re)connect."""
-        filters = [f"{self.base}/{CONFIG_SET}", f"{self.base}/{CMD_PREFIX}#"]
+        filters = [self.at(CONFIG_SET), self.at(f"{CMD_PREFIX}#")]
         if self.group_base is not None:
             filters += [f"{self.group_base}/{CONFIG_SET}", f"{self.group_base}/{CMD_PREFIX}#"]
         if self.ha_status is not None:
-            filters += [f"{self.base}/{AUTO_REFRESH_SET}", self.ha_status]
+            filters += [self.at(AUTO_REFRESH_SET), self.ha_status]
         return filters
 
     def route(self, topic: str) -> str | None:

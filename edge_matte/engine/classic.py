@@ -64,16 +64,8 @@ _OPPONENT = np.stack(
 _BOX_ONES = np.ones((1, 3), np.float32)
 
 
-def colour_distance(image: np.ndarray, plate: np.ndarray) -> np.ndarray:
-    """Per-pixel distance (8-bit levels) between float32 BGR images: weighted luma + chroma.
-
-    The noise floor is compared with `detection_distance`, this measure on 3x3 means.
-    """
-    return _length(cv2.subtract(image, plate))
-
-
 def _length(difference: np.ndarray) -> np.ndarray:
-    """The colour distance of a BGR difference image."""
+    """The colour distance (8-bit levels, weighted luma + chroma) of a BGR difference image."""
     opponent = cv2.transform(difference, _OPPONENT)
     return cv2.sqrt(_dot(opponent, opponent))
 
@@ -108,16 +100,6 @@ def estimate_noise_floor(distance: np.ndarray) -> float:
 
 def _box(image: np.ndarray, radius: int) -> np.ndarray:
     return cv2.boxFilter(image, -1, (2 * radius + 1, 2 * radius + 1), borderType=cv2.BORDER_REFLECT)
-
-
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s guided filter with a grey guide: `src` smoothed so that it follows the guide.
-
-    Both are float32 HxW; the output is locally a linear function of the guide (mean_a * I +
-    mean_b), so where the guide has an edge, so has the result; eps regularises the slope.
-    """
-    mean_a, mean_b = guided_coefficients(guide, src, radius, eps)
-    return mean_a * guide + mean_b
 
 
 def guided_coefficients(

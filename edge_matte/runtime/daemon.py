@@ -26,7 +26,7 @@ from edge_matte.config import profile as profile_mod
 from edge_matte.config import redact
 from edge_matte.config import schema as config_mod
 from edge_matte.config.schema import Config
-from edge_matte.control import overrides, remote
+from edge_matte.control import overrides, remote, topics
 from edge_matte.errors import EdgeMatteError, MediaError, StorageError
 from edge_matte.events import Event, EventBus
 from edge_matte.output.media import resolve_asset
@@ -343,17 +343,17 @@ class Daemon:
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         plate = self.pipeline.plate
         actions = {
-            "plate/capture": plate.capture_now,
-            "plate/freeze": plate.freeze,
-            "plate/unfreeze": plate.unfreeze,
-            "plate/clear": plate.clear,
+            topics.PLATE_CAPTURE: plate.capture_now,
+            topics.PLATE_FREEZE: plate.freeze,
+            topics.PLATE_UNFREEZE: plate.unfreeze,
+            topics.PLATE_CLEAR: plate.clear,
         }
         if name in actions:
             actions[name]()
             return {"plate": plate.status()}
-        if name == "background/set":
+        if name == topics.BACKGROUND_SET:
             return self._set_background(args)
-        if name == "restart":
+        if name == topics.RESTART:
             with self._lock:
                 self._restart_pipeline(self._config, self._profile)
             return {"restarted": True}

@@ -20,11 +20,6 @@ class Health:
     problems: tuple[str, ...] = ()
 
     @property
-    def frames_flowing(self) -> bool:
-        """Camera frames are reaching the output right now."""
-        return self.source_connected and self.source_fps > 0
-
-    @property
     def ok(self) -> bool:
         return not self.problems
 

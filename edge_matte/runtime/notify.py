@@ -208,12 +208,6 @@ class Heartbeat:
             self._last[stage] = self._clock()
             self._limits[stage] = stall_s or self._stall_s
 
-    def unregister(self, stage: str) -> None:
-        """Stop expecting beats from `stage` (stopped on purpose, or busy rebuilding an engine)."""
-        with self._lock:
-            self._last.pop(stage, None)
-            self._limits.pop(stage, None)
-
     def beat(self, stage: str) -> None:
         """`stage` made progress."""
         now = self._clock()

@@ -143,10 +143,6 @@ class Pipeline:
         if self.stream is not None:
             self.stream.stop()
 
-    @property
-    def running(self) -> bool:
-        return not self._stop.is_set() and self.failed is None
-
     def snapshot(self) -> np.ndarray | None:
         """The last composited frame (BGR uint8), or None before the first."""
         with self._snapshot_lock:

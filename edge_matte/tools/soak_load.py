@@ -17,6 +17,16 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from edge_matte.control.topics import (
+    CMD_RESULT,
+    CONFIG_RESULT,
+    CONFIG_SET,
+    PLATE_FREEZE,
+    PLATE_UNFREEZE,
+    SNAPSHOT_COMMAND,
+    command_topic,
+)
+
 STALLED_SHARE = 0.1
 SESSION_S = (1.0, 20.0)  # a viewer stays this long (uniform)
 ANSWER_S = 10.0  # an MQTT request unanswered this long counts as lost
@@ -108,18 +118,6 @@ class RtspViewer:
         if not chunk:
             raise RtspViewerError(f"{self._url}: the server closed the connection")
         self._buffer += chunk
-
-
-def watch(url: str, packets: int = 5) -> int:
-    """One complete viewer session receiving `packets` RTP packets; their payload bytes."""
-    viewer = RtspViewer(url)
-    try:
-        viewer.play()
-        received = viewer.read_rtp(packets)
-        viewer.teardown()
-    finally:
-        viewer.close()
-    return received
 
 
 class Pausable:
@@ -235,7 +233,8 @@ class MqttTraffic(Pausable):
         )
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
-        self._client.subscribe([(f"{base}/config/result", 1), (f"{base}/cmd/result", 1)])
+        answers = (CONFIG_RESULT, CMD_RESULT)
+        self._client.subscribe([(f"{base}/{answer}", 1) for answer in answers])
         self._client.loop_start()
 
     def _run(self) -> None:
@@ -256,11 +255,11 @@ class MqttTraffic(Pausable):
         """The `number`-th request: live config changes (each persisted) and commands, in turn."""
         colour = f"#{self._rng.randrange(1 << 24):06x}"
         requests = [
-            ("config/set", {"compose": {"mode": "blur"}}),
-            ("config/set", {"compose": {"mode": "replace", "background": colour}}),
-            ("cmd/plate/freeze", {}),
-            ("cmd/plate/unfreeze", {}),
-            ("cmd/snapshot", {}),
+            (CONFIG_SET, {"compose": {"mode": "blur"}}),
+            (CONFIG_SET, {"compose": {"mode": "replace", "background": colour}}),
+            (command_topic(PLATE_FREEZE), {}),
+            (command_topic(PLATE_UNFREEZE), {}),
+            (command_topic(SNAPSHOT_COMMAND), {}),
         ]
         return requests[number % len(requests)]
 
