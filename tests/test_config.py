@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -81,7 +80,7 @@ def test_apply_patch_validates_and_leaves_original() -> None:
     cfg = config.Config()
     new = config.apply_patch(cfg, {"compose": {"mode": "blur"}})
     assert new.compose.mode == "blur" and cfg.compose.mode == "replace"
-    with pytest.raises(ConfigError, match="compose.mood: unknown key"):
+    with pytest.raises(ConfigError, match=r"compose.mood: unknown key"):
         config.apply_patch(cfg, {"compose": {"mood": "blur"}})
     with pytest.raises(ConfigError, match="must be a JSON object"):
         config.apply_patch(cfg, [1, 2])
@@ -93,7 +92,7 @@ def test_save_round_trips_only_set_keys_with_private_mode(tmp_path: Path) -> Non
     )
     path = tmp_path / "sub" / "cfg.yaml"
     config.save(cfg, path)
-    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert path.stat().st_mode & 0o777 == 0o600
     saved = yaml.safe_load(path.read_text())
     assert saved == {"compose": {"mode": "blur"}, "mqtt": {"enabled": True, "password": "s3cret"}}
     assert config.load(path) == cfg

@@ -84,7 +84,7 @@ def _display_row(label: str, image: np.ndarray) -> Row:
 
     def show() -> None:
         frame = fit_frame(image, SCREEN, config.rotate, config.fit, scratch)
-        screen.write(memoryview(frame).cast("B"), stop)
+        screen.write(frame.data.cast("B"), stop)
 
     try:
         _feed(show, WARMUP_S * RATE)

@@ -124,10 +124,17 @@ def _frames(config: Config, count: int) -> list[Frame]:
     return [source.frame_at(index) for index in range(count)]
 
 
+def _truth(frame: Frame) -> np.ndarray:
+    """The synthetic scene's true background, which each of its frames carries."""
+    if frame.truth_background is None:
+        raise ValueError(f"synthetic frame {frame.index} came without its background")
+    return frame.truth_background
+
+
 def _model_only(label: str, config: Config, repeats: int) -> Row:
     """The pipeline's engine alone on the scene's successive frames, once its region settled."""
     frames = _frames(config, repeats + 2)
-    plate = frames[0].truth_background
+    plate = _truth(frames[0])
     chain = EngineChain(config.matting, log_only)
     try:
         chain.prepare(config.source.height, config.source.width)
@@ -183,7 +190,7 @@ class _Sample:
 
 def _pipeline(label: str, config: Config, seconds: float) -> Row:
     pipeline = Pipeline(config, log_only, lambda stage: None)
-    pipeline.plate.load_array(_frames(config, 1)[0].truth_background)
+    pipeline.plate.load_array(_truth(_frames(config, 1)[0]))
     pipeline.start()
     client = _rtsp_client(f"rtsp://127.0.0.1:{config.stream.port}/composite")
     try:
@@ -278,10 +285,12 @@ def _against_model_only(rounds: list[Row], models: list[Row]) -> Row:
     return dataclasses.replace(row, peak_rss_mb=peak, notes={**row.notes, **notes})
 
 
+_READ_RTSP = ("ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp")
+
+
 def _rtsp_client(url: str) -> subprocess.Popen:
     return subprocess.Popen(
-        ["ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", url]
-        + ["-c", "copy", "-f", "null", "-"],
+        [*_READ_RTSP, "-i", url, "-c", "copy", "-f", "null", "-"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -139,7 +139,7 @@ def _ellipse(radius: int) -> np.ndarray:
 
 def _remove_small_blobs(mask: np.ndarray, min_area: float) -> np.ndarray:
     """Clear connected components smaller than `min_area` pixels (in place, also returned)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1:
         x, y, w, h = stats[label, :4]
         region = mask[y : y + h, x : x + w]
@@ -213,7 +213,10 @@ class _Window:
         full: tuple[int, ...],
     ) -> _Window:
         ry, rx = work[0] / full[0], work[1] / full[1]
-        rows, cols = _extent(outer, 1)  # outer is not empty: the mask it grew from was not
+        extent = _extent(outer, 1)
+        if extent is None:  # the caller grows `outer` from a mask it found not empty
+            raise ValueError("a window around an empty mask")
+        rows, cols = extent
         y0, y1 = (rows.start + small[0].start) / ry, (rows.stop + small[0].start) / ry
         x0, x1 = (cols.start + small[1].start) / rx, (cols.stop + small[1].start) / rx
         box = (
@@ -228,7 +231,7 @@ class _Window:
         ry, rx = self.ratio
         y0 = (self.full[0].start + 0.5) * ry - 0.5 - self.small[0].start
         x0 = (self.full[1].start + 0.5) * rx - 0.5 - self.small[1].start
-        matrix = np.float32([[rx, 0, x0], [0, ry, y0]])
+        matrix = np.array([[rx, 0, x0], [0, ry, y0]], np.float32)
         size = (self.full[1].stop - self.full[1].start, self.full[0].stop - self.full[0].start)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         return cv2.warpAffine(small_map, matrix, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
@@ -302,7 +305,7 @@ class ClassicEngine:
 
     def _clean(self, raw: np.ndarray) -> np.ndarray:
         """The confident subject mask: speckle opened away, gaps closed, blobs and holes handled."""
-        mask = (raw >= 0.5).astype(np.uint8)
+        mask: np.ndarray = (raw >= 0.5).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(1))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(2))
         mask = _remove_small_blobs(mask, self._config.min_blob_area * mask.size)
@@ -328,7 +331,7 @@ class ClassicEngine:
             mean_a, mean_b, lower, upper = cv2.split(
                 window.upsample(cv2.merge([mean_a, mean_b, sure]))
             )
-            alpha = mean_a * (_length(diff_r) / 255) + mean_b
+            alpha: np.ndarray = mean_a * (_length(diff_r) / 255) + mean_b
         else:
             alpha, lower, upper = cv2.split(window.upsample(cv2.merge([alpha_s, sure])))
         return np.clip(alpha, lower, upper)

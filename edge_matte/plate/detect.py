@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from typing import Any
 
 import cv2
 import numpy as np
@@ -133,7 +134,7 @@ class PersonVeto:
     """
 
     def __init__(self) -> None:
-        self._hog: cv2.HOGDescriptor | None = None
+        self._hog: Any = None  # a cv2.HOGDescriptor: OpenCV 5 and its type stubs have none
         self._missing = False
 
     @property
@@ -151,8 +152,9 @@ class PersonVeto:
                     )
                     self._missing = True
                 return False
-            self._hog = cv2.HOGDescriptor()
-            self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+            opencv: Any = cv2  # OpenCV 4's HOG, untyped (see above)
+            self._hog = opencv.HOGDescriptor()
+            self._hog.setSVMDetector(opencv.HOGDescriptor_getDefaultPeopleDetector())
         scale = min(1.0, _VETO_WIDTH / image.shape[1])
         if scale < 1.0:
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

@@ -259,7 +259,7 @@ class Pipeline:
         width, height = self.size
         if result.frame is None:
             card = no_signal(self.compositor.background(width, height), self.source.problem())
-            return {name: card for name in self._outputs()}
+            return dict.fromkeys(self._outputs(), card)
         image = result.frame.image
         matte = result.matte
         if result.idle:

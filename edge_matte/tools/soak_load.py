@@ -15,7 +15,11 @@ import re
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 STALLED_SHARE = 0.1
 SESSION_S = (1.0, 20.0)  # a viewer stays this long (uniform)
@@ -37,6 +41,8 @@ class RtspViewer:
         self._cseq = 0
         self._session = ""
         self._buffer = b""
+        if parts.port is None:
+            raise ValueError(f"{url}: the soak test's RTSP URLs name their port")
         self._sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
 
     def play(self) -> None:
@@ -269,7 +275,7 @@ class MqttTraffic(Pausable):
         with self._lock:
             return self.late + len(self._pending)
 
-    def _on_message(self, _client: object, _userdata: object, message: object) -> None:
+    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
         try:
             answer = json.loads(message.payload)
         except ValueError:
