@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def _feed(call: Callable[[], object], frames: float) -> list[float]:
 
 
 def _measure(
-    label: str, name: str, call: Callable[[], object], child: int | None, notes: dict
+    label: str, name: str, call: Callable[[], object], child: int | None, notes: dict[str, Any]
 ) -> Row:
     reset_peak_rss()
     cpu0, child0, wall0 = cpu_seconds(), _child_cpu(child), time.perf_counter()

@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ def _pipeline(label: str, config: Config, seconds: float) -> Row:
     return _row(label, config, before, after, telemetry, peak)
 
 
-def _wait_served(pipeline: Pipeline, client: subprocess.Popen) -> None:
+def _wait_served(pipeline: Pipeline, client: subprocess.Popen[bytes]) -> None:
     """Until a matted camera frame was published (not a NO SIGNAL card: the first matte may
     take seconds while engines settle) and the RTSP client is connected; EdgeMatteError if not."""
     deadline = time.monotonic() + STARTUP_S
@@ -232,7 +233,7 @@ def _row(
     config: Config,
     before: _Sample,
     after: _Sample,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     peak_mb: float,
 ) -> Row:
     elapsed = after.time - before.time
@@ -288,7 +289,7 @@ def _against_model_only(rounds: list[Row], models: list[Row]) -> Row:
 _READ_RTSP = ("ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp")
 
 
-def _rtsp_client(url: str) -> subprocess.Popen:
+def _rtsp_client(url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [*_READ_RTSP, "-i", url, "-c", "copy", "-f", "null", "-"],
         stdin=subprocess.DEVNULL,

@@ -296,7 +296,9 @@ _UPSAMPLE_ROWS = (
 _NEAREST_ROWS = (((1.0, 0.0), (1.0, 0.0), (0.0, 1.0)), ((1.0, 0.0), (0.0, 1.0), (0.0, 1.0)))
 
 
-def _phase_weights(weight: Tensor, rows: tuple = _UPSAMPLE_ROWS) -> Tensor:
+def _phase_weights(
+    weight: Tensor, rows: tuple[tuple[tuple[float, ...], ...], ...] = _UPSAMPLE_ROWS
+) -> Tensor:
     """[4 O, I, k, k] kernels, one per output parity (row, column), that applied to the input
     give `weight` [O, I, 3, 3] applied to its x2 upsample (`rows`: see above; k = 3 for
     bilinear, 2 for nearest); channels parity-major, as `_depth_to_space` reads them."""

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -299,7 +300,7 @@ class Pipeline:
             ),
         )
 
-    def telemetry(self) -> dict:
+    def telemetry(self) -> dict[str, Any]:
         """Per-stage counters and timings, latency, engine, clients; `source_fps` counts camera
         frames that reached the output, `output_fps` every frame sent (NO SIGNAL included)."""
         health = self.health()

@@ -131,7 +131,7 @@ class Soak:
             notify.close()
 
     def _soak(
-        self, daemon: subprocess.Popen, notify: NotifyListener, broker_port: int | None
+        self, daemon: subprocess.Popen[bytes], notify: NotifyListener, broker_port: int | None
     ) -> int:
         if not notify.ready.wait(READY_S):
             _say(f"FAIL: the daemon did not become ready; see its log:\n{self._log_tail()}")
@@ -335,7 +335,7 @@ class NotifyListener:
         self._sock.close()
 
 
-def _spawn(config_path: Path, notify: NotifyListener, log_path: Path) -> subprocess.Popen:
+def _spawn(config_path: Path, notify: NotifyListener, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     env.pop("WATCHDOG_PID", None)
     command = [sys.executable, "-m", "edge_matte.cli", "run", "--config", str(config_path)]
@@ -343,7 +343,7 @@ def _spawn(config_path: Path, notify: NotifyListener, log_path: Path) -> subproc
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _stop_check(daemon: subprocess.Popen, alive: bool) -> Check:
+def _stop_check(daemon: subprocess.Popen[bytes], alive: bool) -> Check:
     """SIGTERM the daemon: it must have lived through the soak and must stop cleanly."""
     if not alive:
         return Check("stop", False, f"the daemon exited by itself with code {daemon.returncode}")
@@ -355,7 +355,7 @@ def _stop_check(daemon: subprocess.Popen, alive: bool) -> Check:
     return Check("stop", code == 0, f"exit code {code} on SIGTERM")
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen, int] | None:
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     """A private Mosquitto on a free loopback port, or None without `mosquitto` on PATH."""
     if shutil.which("mosquitto") is None:
         return None

@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ class MqttTraffic(Pausable):
                 self.sent += 1
             self._client.publish(f"{self._base}/{topic}", payload, qos=1)
 
-    def _request(self, number: int) -> tuple[str, dict]:
+    def _request(self, number: int) -> tuple[str, dict[str, Any]]:
         """The `number`-th request: live config changes (each persisted) and commands, in turn."""
         colour = f"#{self._rng.randrange(1 << 24):06x}"
         requests = [
