@@ -244,12 +244,12 @@ def _print_table(report: dict) -> None:
         "frame_ms",
         "vs_official_fp32_model",
     ]
-    print("| " + " | ".join(columns + ["alpha err mean / max"]) + " |")
+    print("| " + " | ".join([*columns, "alpha err mean / max"]) + " |")
     print("|" + "---|" * (len(columns) + 1))
     for row in report["rows"]:
         cells = [str(row.get(column, "-")) for column in columns]
         error = f"{row['alpha_mean_abs_error']:.1e} / {row['alpha_max_abs_error']:.1e}"
-        print("| " + " | ".join(cells + [error]) + " |")
+        print("| " + " | ".join([*cells, error]) + " |")
     for row in report["rows"]:
         if "variant_ms" in row:
             print(f"{row['size']}: torch-cuda variants timed at prepare (ms): {row['variant_ms']}")

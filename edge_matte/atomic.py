@@ -5,6 +5,7 @@ A reader (or a restart after `kill -9`) sees either the old file or the new one,
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import tempfile
@@ -25,17 +26,15 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o640) -> None:
             tmp.flush()
             os.fchmod(tmp.fileno(), mode)
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
+        Path(tmp_name).replace(path)
         tmp_name = None
         _fsync_dir(path.parent)
     except OSError as err:
         raise StorageError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
         if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                Path(tmp_name).unlink()
 
 
 def write_text(path: Path, text: str, mode: int = 0o640) -> None:

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_commands(sub: argparse._SubParsersAction) -> None:
+def _add_config_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = _command(
         sub, "config", "show the effective config, or drop the remote overrides"
     ).add_subparsers(dest="config_command", required=True, metavar="COMMAND")

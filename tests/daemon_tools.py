@@ -202,7 +202,7 @@ class DaemonProcess:
         self.config_path = config_path
         self.notify = notify or NotifySocket()
         self.log_path = config_path.with_suffix(".log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        self._log = self.log_path.open("wb")  # noqa: SIM115 - closed in close()
         child_env = {**os.environ, "NOTIFY_SOCKET": self.notify.address, **(env or {})}
         command = [sys.executable, "-m", "edge_matte.cli", "run", "--config", str(config_path)]
         self.process = subprocess.Popen(

@@ -9,6 +9,7 @@ whole image when no mask is given). SAD, Grad and Conn are sums and are reported
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import cv2
@@ -104,7 +105,7 @@ def conn(
     p, t, m = _prepare(pred, truth, mask)
     level = np.full(p.shape, -1.0, np.float32)
     thresholds = np.arange(0.0, 1.0 + step / 2, step)
-    for previous, current in zip(thresholds[:-1], thresholds[1:], strict=True):
+    for previous, current in itertools.pairwise(thresholds):
         omega = _largest_component((p >= current) & (t >= current))
         level[(level == -1) & ~omega] = previous
     level[level == -1] = 1.0

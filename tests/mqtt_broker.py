@@ -149,7 +149,7 @@ class Broker:
                 "require_certificate true",
             ]
         self.conf = directory / "mosquitto.conf"
-        self.conf.write_text("\n".join(lines + [listener]) + "\n")
+        self.conf.write_text("\n".join([*lines, listener]) + "\n")
 
     def _password_file(self, users: dict[str, str]) -> Path:
         path = self.directory / "passwd"

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -61,7 +62,9 @@ def _parse_ppm(data: bytes) -> list[np.ndarray]:
 def read_frames(url: str, n: int, timeout: float = 20.0) -> list[np.ndarray]:
     """Decode `n` frames from `url` with ffmpeg over TCP; BGR uint8 arrays."""
     try:
-        done = subprocess.run(_client_command(url, n), capture_output=True, timeout=timeout)
+        done = subprocess.run(
+            _client_command(url, n), capture_output=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as err:
         raise RtspClientError(f"no {n} frames from {url} within {timeout} s") from err
     if done.returncode != 0:
@@ -114,7 +117,7 @@ def probe(url: str, timeout: float = 20.0) -> dict:
         "-show_entries", "stream=codec_name,width,height,profile", "-of", "json", url,
     ]  # fmt: skip
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
         raise RtspClientError(f"ffprobe got nothing from {url} within {timeout} s") from err
     if done.returncode != 0:
@@ -177,7 +180,7 @@ class StalledClient:
         """The server's socket of this connection, as its /proc/net/tcp row."""
         server_port = self._sock.getpeername()[1]
         own_port = self._sock.getsockname()[1]
-        with open("/proc/net/tcp") as table:
+        with Path("/proc/net/tcp").open() as table:
             for row in table.read().splitlines()[1:]:
                 fields = row.split()
                 local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])

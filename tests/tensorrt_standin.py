@@ -19,7 +19,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -257,7 +257,7 @@ class Logger:
 class Builder:
     """IBuilder: every network it creates is kept; `build_engine` returns `Builder.result`."""
 
-    networks: list[Network] = []
+    networks: ClassVar[list[Network]] = []
     result: Any = None  # what TensorRT returns for a failed build
 
     def __init__(self, logger: Logger) -> None:
@@ -303,7 +303,7 @@ class Runtime:
 
 
 class _PluginRegistry:
-    plugin_creator_list: list[Any] = []
+    plugin_creator_list: ClassVar[list[Any]] = []
 
 
 def get_plugin_registry() -> _PluginRegistry:

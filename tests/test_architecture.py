@@ -68,7 +68,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _allowed(owner: str, name: str) -> bool:
-    head = name.split(".")[0]
+    head = name.split(".", maxsplit=1)[0]
     if head == owner:
         return True
     rules = ALLOWED[owner]

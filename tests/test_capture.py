@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -228,10 +229,8 @@ def pump_until(source: ResilientSource, condition, timeout: float = 30.0) -> lis
     frames = []
 
     def step() -> bool:
-        try:
+        with contextlib.suppress(SourceTimeout):
             frames.append(source.read(0.2))
-        except SourceTimeout:
-            pass
         return condition(frames)
 
     assert wait_until(step, timeout=timeout, interval=0)

@@ -49,7 +49,7 @@ def test_round_trip_is_strict_and_exact(tmp_path, state):
 @pytest.mark.parametrize(
     "wrap",
     [
-        lambda s: OrderedDict(s),
+        OrderedDict,
         lambda s: {f"module.{k}": v for k, v in s.items()},
         lambda s: {"state_dict": s, "epoch": 3},
         lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},

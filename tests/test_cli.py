@@ -22,7 +22,9 @@ FRAMES = 20
 
 
 def cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=120, check=False, **kwargs
+    )
 
 
 def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:

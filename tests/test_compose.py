@@ -121,7 +121,7 @@ def test_video_background_advances_per_frame_and_loops(tmp_path: Path) -> None:
     seen = []
     for _ in range(len(CLIP_COLOURS) + 2):
         mean = comp.composite(image, matte).reshape(-1, 3).mean(axis=0)
-        seen.append(tuple(int(round(v / 255)) * 255 for v in mean))
+        seen.append(tuple(round(v / 255) * 255 for v in mean))
     comp.close()
     assert seen == CLIP_COLOURS + CLIP_COLOURS[:2]
 

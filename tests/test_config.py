@@ -79,7 +79,7 @@ def test_apply_patch_validates_and_leaves_original() -> None:
     cfg = config.Config()
     new = config.apply_patch(cfg, {"compose": {"mode": "blur"}})
     assert new.compose.mode == "blur" and cfg.compose.mode == "replace"
-    with pytest.raises(ConfigError, match="compose.mood: unknown key"):
+    with pytest.raises(ConfigError, match=r"compose.mood: unknown key"):
         config.apply_patch(cfg, {"compose": {"mood": "blur"}})
     with pytest.raises(ConfigError, match="must be a JSON object"):
         config.apply_patch(cfg, [1, 2])

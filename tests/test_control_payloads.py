@@ -68,14 +68,14 @@ def test_split_id_takes_the_request_id_out(request_: dict, expected: tuple) -> N
 
 @pytest.mark.parametrize("bad_id", [True, 1.5, [1], {"a": 1}, "x" * 200])
 def test_split_id_refuses_ids_that_cannot_be_echoed(bad_id: object) -> None:
-    with pytest.raises(PayloadError, match="^id: "):
+    with pytest.raises(PayloadError, match=r"^id: "):
         split_id({"id": bad_id})
 
 
 def test_a_refusal_for_a_bad_value_still_carries_the_request_id() -> None:
     """The controller matches answers by id: a NUL elsewhere in the request must not lose it."""
     payload = b'{"id": "r1", "source": {"uri": "rtsp://a\\u0000b/x"}}'
-    with pytest.raises(PayloadError, match="source.uri: contains a NUL"):
+    with pytest.raises(PayloadError, match=r"source.uri: contains a NUL"):
         decode_object(payload, LIMIT)
     assert peek_id(payload, LIMIT) == "r1"
     for unusable in (

@@ -293,7 +293,7 @@ def test_no_signal_card_on_the_screen(xserver: XServer, tmp_path: Path) -> None:
     camera.start()
     source = {"uri": camera.url, "timeout_s": 1.0, "reconnect_max_s": 1.0}
     try:
-        daemon, url = _start_on(xserver, tmp_path, source=source)
+        daemon, _url = _start_on(xserver, tmp_path, source=source)
         with daemon:
             camera.kill()
             screen = xserver.grab()

@@ -133,7 +133,7 @@ def test_window_refiner_matches_the_original_both_ways(settings, dense_ratio):
     window.refiner.DENSE_RATIO = dense_ratio
     src, bgr = pair(44, 60, seed=2)
     expected = outputs(model, src, bgr)
-    assert 0 < expected[5].sum()
+    assert expected[5].sum() > 0
     assert_close(expected, outputs(window, src, bgr))
 
 

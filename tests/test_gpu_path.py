@@ -8,6 +8,7 @@ clock; tests marked `cuda` capture real graphs and skip, saying why, without a G
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_a_variant_that_fails_while_timed_is_skipped_and_all_failing_is_an_engin
     chooser.prepare(64, 96)
     assert chooser.chosen == "fp32" and "closed fp16" in log
     chooser, _ = choice({"fp16": -1.0, "fp32": -1.0})
-    with pytest.raises(EngineError, match="every variant failed: fp16: .*; fp32: "):
+    with pytest.raises(EngineError, match=r"every variant failed: fp16: .*; fp32: "):
         chooser.prepare(64, 96)
 
 
@@ -176,7 +177,7 @@ def test_the_cuda_variants_cover_both_precisions_with_and_without_regions(weight
 class Recorded:
     """A stand-in graph capture: replays `fn` and counts; refuses inputs wider than `limit`."""
 
-    made: list[tuple[int, ...]] = []
+    made: ClassVar[list[tuple[int, ...]]] = []
 
     def __init__(self, fn, inputs, limit: int = 64) -> None:
         if inputs[0].shape[-1] > limit:

@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -80,7 +79,7 @@ class View:
         return json.loads(body)
 
     def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.daemon.process.pid}/fd"))
+        return sum(1 for _ in Path(f"/proc/{self.daemon.process.pid}/fd").iterdir())
 
     def rss_kib(self) -> int:
         status = Path(f"/proc/{self.daemon.process.pid}/status").read_text()

@@ -60,7 +60,7 @@ def _snapshot(root: Path) -> dict[str, tuple[object, ...]]:
         info = path.lstat()
         key = str(path.relative_to(root))
         if path.is_symlink():
-            result[key] = ("link", os.readlink(path))
+            result[key] = ("link", str(path.readlink()))
         elif path.is_dir():
             result[key] = ("dir", stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
         else:
@@ -106,7 +106,7 @@ def test_install_lays_down_the_expected_tree(root: Path) -> None:
         shipped / "edge-matte.yaml"
     ).read_text()
     wants = root / "etc/systemd/system/multi-user.target.wants/edge-matte.service"
-    assert os.readlink(wants) == "/etc/systemd/system/edge-matte.service"
+    assert wants.readlink() == Path("/etc/systemd/system/edge-matte.service")
     assert not (root / "etc/systemd/system/edge-matte.service.wants").exists()  # not a Jetson
     assert not (
         root / "etc/systemd/system/edge-matte.service.d"
@@ -149,7 +149,7 @@ def test_an_invalid_existing_config_stops_the_install_before_any_change(root: Pa
     config = root / "etc/edge-matte/edge-matte.yaml"
     config.parent.mkdir(parents=True)
     config.write_text("source:\n  uri: csi://0\n  fsp: 30\n")
-    with pytest.raises(ConfigError, match="source.fsp: unknown key"):
+    with pytest.raises(ConfigError, match=r"source.fsp: unknown key"):
         install.install(root, exec_path=EXEC)
     assert not (root / "etc/systemd").exists() and not (root / "etc/passwd").exists()
 
@@ -192,7 +192,7 @@ def test_performance_unit_is_enabled_on_a_jetson(root: Path) -> None:
     clocks.write_text("#!/bin/sh\n")
     install.install(root, exec_path=EXEC)
     link = root / "etc/systemd/system/edge-matte.service.wants/edge-matte-performance.service"
-    assert os.readlink(link) == "/etc/systemd/system/edge-matte-performance.service"
+    assert link.readlink() == Path("/etc/systemd/system/edge-matte-performance.service")
 
 
 def test_another_user_name(root: Path) -> None:

@@ -45,7 +45,7 @@ def test_a_jetson_utils_broken_by_numpy_2_is_unavailable_and_v4l2_falls_back_to_
     with pytest.raises(SourceError, match="/dev/video97 does not exist"):  # OpenCV's V4L2 path
         open_source(SourceConfig(uri="v4l2:///dev/video97"))
     assert "jetson-utils unusable" in caplog.text and "SystemError" in caplog.text
-    with pytest.raises(SourceError, match="csi://0 needs jetson-utils.*SystemError"):
+    with pytest.raises(SourceError, match=r"csi://0 needs jetson-utils.*SystemError"):
         open_source(SourceConfig(uri="csi://0"))
 
 

@@ -55,7 +55,7 @@ def test_kernel_size_one_changes_only_the_refiner_kernels():
     for key, value in MattingRefine(refine_kernel_size=1).state_dict().items():
         shape = expected[key]
         if key.startswith("refiner.conv") and key.endswith("weight"):
-            shape = shape[:2] + [1, 1]
+            shape = [*shape[:2], 1, 1]
         assert list(value.shape) == shape, key
 
 
@@ -103,8 +103,8 @@ def test_every_mode_gives_bounded_outputs_of_the_documented_shapes(mode, kernel_
     assert pha_sm.shape == (2, 1, 16, 24) and fgr_sm.shape == (2, 3, 16, 24)
     assert err_sm.shape == (2, 1, 16, 24) and ref_sm.shape == (2, 1, 16, 24)
     for tensor in (pha, fgr, pha_sm, fgr_sm, err_sm):
-        assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
-    assert 0.05 < float(pha.std())  # not clamped flat
+        assert float(tensor.min()) >= 0.0 and float(tensor.max()) <= 1.0
+    assert float(pha.std()) > 0.05  # not clamped flat
     assert set(ref_sm.unique().tolist()) <= {0.0, 1.0}
 
 
@@ -121,8 +121,8 @@ def test_sampling_and_thresholding_agree_with_full_when_every_patch_is_refined(k
     src, bgr = random_pair(64, 96)
     full = run(random_model(refine_mode="full", refine_kernel_size=kernel_size), src, bgr)
     every_patch = {
-        "sampling, exactly all pixels": dict(refine_sample_pixels=64 * 96),
-        "sampling, more than all pixels": dict(refine_sample_pixels=10**7),
+        "sampling, exactly all pixels": {"refine_sample_pixels": 64 * 96},
+        "sampling, more than all pixels": {"refine_sample_pixels": 10**7},
     }
     for name, kwargs in every_patch.items():
         model = random_model(
@@ -195,7 +195,7 @@ def test_matting_base_returns_full_size_coarse_outputs():
         pha, fgr, err, hid = base(src, bgr)
     assert pha.shape == (1, 1, 32, 48) and fgr.shape == (1, 3, 32, 48)
     assert err.shape == (1, 1, 32, 48) and hid.shape == (1, 32, 32, 48)
-    assert float(hid.min()) >= 0.0 and 0.0 <= float(fgr.min()) and float(fgr.max()) <= 1.0
+    assert float(hid.min()) >= 0.0 and float(fgr.min()) >= 0.0 and float(fgr.max()) <= 1.0
 
 
 class FixedCount:

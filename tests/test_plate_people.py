@@ -65,8 +65,8 @@ def pasted(frames: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     where[y : y + height, x : x + width] = alpha > 0.5
     weight = alpha[..., None]
     out = []
-    for image in frames:
-        image = image.copy()
+    for frame in frames:
+        image = frame.copy()
         region = image[y : y + height, x : x + width].astype(np.float32)
         mixed = weight * sprite.astype(np.float32) + (1.0 - weight) * region
         image[y : y + height, x : x + width] = np.round(mixed).astype(np.uint8)
@@ -159,7 +159,7 @@ def test_without_a_people_detector_the_plate_still_builds_and_state_says_so(
     monkeypatch.delattr(cv2, "HOGDescriptor", raising=False)
     assert missing_reason() is not None
     frames, fps = street
-    images, where = pasted(frames[:150])
+    images, _where = pasted(frames[:150])
     events: list[Event] = []
     caplog.set_level(logging.WARNING)
     keeper = PlateKeeper(PlateConfig(), None, "file://clip", events.append, fps=fps)

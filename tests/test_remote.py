@@ -126,7 +126,7 @@ def test_file_sources_only_inside_the_media_directory(tmp_path: Path) -> None:
         f"file://%2Fetc{media}/clip.mp4",
         f"file://..{media}/clip.mp4",
     ):
-        with pytest.raises(ConfigError, match="source.uri"):
+        with pytest.raises(ConfigError, match=r"source.uri"):
             remote.refuse(old, patched(old, {"source": {"uri": uri}}))
 
 
@@ -247,6 +247,7 @@ def test_check_config_and_run_exit_2_listing_all_problems(tmp_path: Path) -> Non
             capture_output=True,
             text=True,
             timeout=60,
+            check=False,
         )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, done.stderr
@@ -363,6 +364,7 @@ def test_overrides_holding_what_no_remote_patch_could_set_are_dropped(
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert done.returncode == 0 and done.stdout.endswith(f"{path}: ok\n"), done
     assert f"override not applied: {key}" in done.stdout, done.stdout  # ...and says what it drops

@@ -307,7 +307,11 @@ def test_remote_changes_go_beside_the_operators_file_which_wins_when_edited(
 
 def edge_matte_cli(*args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "edge_matte.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edge_matte.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

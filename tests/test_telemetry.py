@@ -25,7 +25,7 @@ def test_real_proc_readings_follow_what_the_process_does(tmp_path: Path) -> None
     release = threading.Event()
     worker = threading.Thread(target=release.wait)
     worker.start()
-    with open(tmp_path / "held", "w"):
+    with (tmp_path / "held").open("w"):
         ballast = mmap.mmap(-1, 64_000_000)  # fresh pages: a heap allocation may reuse freed RSS
         ballast.write(b"x" * 64_000_000)
         during = reader.read()

@@ -145,7 +145,7 @@ def test_reading_a_read_only_plate_does_not_warn():
         "_load_rgb(torch.empty(1, 3, 8, 8), plate)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "not writable" not in result.stderr
@@ -195,9 +195,12 @@ def test_closed_engine_refuses_work(engine):
 
 
 def test_config_loads_weights_and_refine_settings(tmp_path):
-    settings = dict(
-        backbone_scale=0.5, refine_mode="thresholding", refine_threshold=0.3, refine_kernel_size=3
-    )
+    settings = {
+        "backbone_scale": 0.5,
+        "refine_mode": "thresholding",
+        "refine_threshold": 0.3,
+        "refine_kernel_size": 3,
+    }
     source = random_model(**settings)
     path = tmp_path / "weights.pth"
     torch.save(source.state_dict(), path)

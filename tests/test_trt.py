@@ -95,7 +95,7 @@ def assert_same_matte(got, want) -> None:
 
 @pytest.mark.skipif(HAVE_CUDA and HAVE_TORCH2TRT, reason="torch2trt is available here")
 def test_default_converter_says_what_is_missing(weights, tmp_path) -> None:
-    with pytest.raises(EngineError, match="trt: .*(CUDA|torch2trt)"):
+    with pytest.raises(EngineError, match=r"trt: .*(CUDA|torch2trt)"):
         TrtEngine(config_for(weights), EngineCache(tmp_path))
     with pytest.raises(EngineError, match="trt: "):
         Torch2TrtConverter()
@@ -298,7 +298,7 @@ def test_a_failed_build_is_remembered_until_the_backend_or_rebuild_changes_it(
         with pytest.raises(EngineError, match="'base' engine"):
             engine_for(weights, tmp_path, converter).prepare(64, 96)
     assert (first.converted, again.converted) == (["BaseNetwork"], [])
-    with pytest.raises(EngineError, match="failed to build before .*no implementation obeys"):
+    with pytest.raises(EngineError, match=r"failed to build before .*no implementation obeys"):
         engine_for(weights, tmp_path, CountingFailure()).prepare(64, 96)
     upgraded = StandInConverter("standin-2")  # a new TensorRT: a new key, built again
     engine_for(weights, tmp_path, upgraded).prepare(64, 96)

@@ -47,7 +47,7 @@ def converter():
 
 
 def _is_trt(name: str) -> bool:
-    return name == "tensorrt" or name.split(".")[0] == "torch2trt"
+    return name == "tensorrt" or name.split(".", maxsplit=1)[0] == "torch2trt"
 
 
 def convert(converter, module: nn.Module, inputs, capfd) -> tuple[standin.Network, str]:

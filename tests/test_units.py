@@ -37,8 +37,8 @@ def _settings(path: Path) -> dict[tuple[str, str], list[str]]:
     """(section, key) -> values, in order, as systemd reads a unit file."""
     result: dict[tuple[str, str], list[str]] = defaultdict(list)
     section = ""
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("["):

@@ -37,4 +37,4 @@ def test_wait_on_is_woken_by_its_condition_and_fails_the_same_way() -> None:
     threading.Timer(0.05, put).start()
     assert wait_on(changed, lambda: box[:], 5.0) == ["done"]
     with pytest.raises(AssertionError, match=r"waiting for nothing; last value: \[\]; box: 1"):
-        wait_on(changed, lambda: [], 0.01, "nothing", show=lambda: f"box: {len(box)}")
+        wait_on(changed, list, 0.01, "nothing", show=lambda: f"box: {len(box)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     }
     rows: list[Row] = []
     for label in settings.sizes:  # off the main thread: see engine/openmp.py
-        rows += on_passing_thread(lambda label=label: model_rows(label, settings))
+        rows += on_passing_thread(partial(model_rows, label, settings))
     if settings.pipeline_seconds > 0:
         with pipeline_weights(settings.weights) as weights:
             rows += [pipeline_row(label, settings, weights) for label in settings.sizes]

@@ -7,6 +7,7 @@ ratios hold even when absolute times drift.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -96,10 +97,8 @@ def cpu_seconds() -> float:
 def reset_peak_rss() -> None:
     """Reset the kernel's RSS high-water mark, so the next reading is this row's own peak (Linux;
     elsewhere the peak stays the process's)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ largest alpha difference to the baseline and the tolerance that backend promises
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from edge_matte.bench.scenes import SIZES, Scene, coverage_scene
 from edge_matte.engine import MattingEngine
 from edge_matte.engine.fast_cpu import FastCpuEngine
 from edge_matte.engine.torch_engine import TorchEngine
+from edge_matte.frames import Matte
 from edge_matte.model.model import MattingRefine
 
 
@@ -46,7 +48,8 @@ def model_rows(label: str, settings: Settings) -> list[Row]:
         print(f"{label}: measuring {len(specs)} rows x {settings.repeats}", file=sys.stderr)
         return measure(label, specs, settings.repeats)
     finally:
-        for engine in (baseline, thresholding, *engines.values()):
+        owned: list[MattingEngine] = [baseline, thresholding, *engines.values()]
+        for engine in owned:
             engine.close()
 
 
@@ -55,13 +58,13 @@ def _backend_specs(
 ) -> list[Spec]:
     """The baseline, then each backend with its alpha difference to the baseline's."""
     reference = baseline.matte(scene.image, scene.plate).alpha
-    specs = [Spec("baseline torch-cpu fp32", "baseline", lambda: baseline.matte(*_pair(scene)))]
+    specs = [Spec("baseline torch-cpu fp32", "baseline", partial(_matte, baseline, scene))]
     for name, engine in engines.items():
         notes = {}
         if TOLERANCES[name] is not None:
             diff = float(np.abs(engine.matte(*_pair(scene)).alpha - reference).max())
             notes = {"alpha_max_diff": float(f"{diff:.2g}"), "alpha_tolerance": TOLERANCES[name]}
-        specs.append(Spec(name, "backend", lambda e=engine: e.matte(*_pair(scene)), notes))
+        specs.append(Spec(name, "backend", partial(_matte, engine, scene), notes))
     return specs
 
 
@@ -77,3 +80,7 @@ def _model_notes(model: MattingRefine) -> dict[str, object]:
 
 def _pair(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return scene.image, scene.plate
+
+
+def _matte(engine: MattingEngine, scene: Scene) -> Matte:
+    return engine.matte(*_pair(scene))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
 
 
-def _choices(known: object, what: str):
+def _choices(known: Collection[str], what: str) -> Callable[[str], tuple[str, ...]]:
     """An argparse type for a comma list of names from `known`, naming any unknown one."""
 
     def parse(text: str) -> tuple[str, ...]:
@@ -101,7 +102,7 @@ def _backends(text: str) -> tuple[str, ...]:
     return names
 
 
-def _positive(kind: type, zero: bool = False):
+def _positive(kind: type[int] | type[float], zero: bool = False) -> Callable[[str], float]:
     """An argparse type for a number > 0 (>= 0 with `zero`)."""
 
     def parse(text: str) -> float:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def _display_row(label: str, image: np.ndarray) -> Row:
 
     def show() -> None:
         frame = fit_frame(image, SCREEN, config.rotate, config.fit, scratch)
-        screen.write(memoryview(frame).cast("B"), stop)
+        screen.write(frame.data.cast("B"), stop)
 
     try:
         _feed(show, WARMUP_S * RATE)
@@ -136,7 +137,7 @@ def _feed(call: Callable[[], object], frames: float) -> list[float]:
 
 
 def _measure(
-    label: str, name: str, call: Callable[[], object], child: int | None, notes: dict
+    label: str, name: str, call: Callable[[], object], child: int | None, notes: dict[str, Any]
 ) -> Row:
     reset_peak_rss()
     cpu0, child0, wall0 = cpu_seconds(), _child_cpu(child), time.perf_counter()

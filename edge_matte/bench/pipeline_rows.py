@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,10 +125,17 @@ def _frames(config: Config, count: int) -> list[Frame]:
     return [source.frame_at(index) for index in range(count)]
 
 
+def _truth(frame: Frame) -> np.ndarray:
+    """The synthetic scene's true background, which each of its frames carries."""
+    if frame.truth_background is None:
+        raise ValueError(f"synthetic frame {frame.index} came without its background")
+    return frame.truth_background
+
+
 def _model_only(label: str, config: Config, repeats: int) -> Row:
     """The pipeline's engine alone on the scene's successive frames, once its region settled."""
     frames = _frames(config, repeats + 2)
-    plate = frames[0].truth_background
+    plate = _truth(frames[0])
     chain = EngineChain(config.matting, log_only)
     try:
         chain.prepare(config.source.height, config.source.width)
@@ -183,7 +191,7 @@ class _Sample:
 
 def _pipeline(label: str, config: Config, seconds: float) -> Row:
     pipeline = Pipeline(config, log_only, lambda stage: None)
-    pipeline.plate.load_array(_frames(config, 1)[0].truth_background)
+    pipeline.plate.load_array(_truth(_frames(config, 1)[0]))
     pipeline.start()
     client = _rtsp_client(f"rtsp://127.0.0.1:{config.stream.port}/composite")
     try:
@@ -204,7 +212,7 @@ def _pipeline(label: str, config: Config, seconds: float) -> Row:
     return _row(label, config, before, after, telemetry, peak)
 
 
-def _wait_served(pipeline: Pipeline, client: subprocess.Popen) -> None:
+def _wait_served(pipeline: Pipeline, client: subprocess.Popen[bytes]) -> None:
     """Until a matted camera frame was published (not a NO SIGNAL card: the first matte may
     take seconds while engines settle) and the RTSP client is connected; EdgeMatteError if not."""
     deadline = time.monotonic() + STARTUP_S
@@ -225,7 +233,7 @@ def _row(
     config: Config,
     before: _Sample,
     after: _Sample,
-    telemetry: dict,
+    telemetry: dict[str, Any],
     peak_mb: float,
 ) -> Row:
     elapsed = after.time - before.time
@@ -278,10 +286,12 @@ def _against_model_only(rounds: list[Row], models: list[Row]) -> Row:
     return dataclasses.replace(row, peak_rss_mb=peak, notes={**row.notes, **notes})
 
 
-def _rtsp_client(url: str) -> subprocess.Popen:
+_READ_RTSP = ("ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp")
+
+
+def _rtsp_client(url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["ffmpeg", "-loglevel", "error", "-rtsp_transport", "tcp", "-i", url]
-        + ["-c", "copy", "-f", "null", "-"],
+        [*_READ_RTSP, "-i", url, "-c", "copy", "-f", "null", "-"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

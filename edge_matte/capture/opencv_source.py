@@ -97,7 +97,7 @@ class FileGrabber:
         self.pace_s: float | None = 0.0
         self.media_s = 0.0
 
-    def grab(self) -> np.ndarray | None:
+    def grab(self) -> np.ndarray:
         ok, image = self._capture.read()
         if ok and image is not None:
             self.pace_s = self._timeline.add(self._capture.get(cv2.CAP_PROP_POS_MSEC))
@@ -194,7 +194,7 @@ def open_file(path: Path, label: str, loop: bool) -> FileGrabber:
 
 def open_v4l2(device: str, label: str, width: int, height: int, fps: float) -> LiveGrabber:
     """A V4L2 camera asked for MJPG at width x height @ fps; it may deliver something else."""
-    if not os.path.exists(device):
+    if not Path(device).exists():
         raise SourceError(f"cannot open {label}: V4L2 device {device} does not exist")
     capture = _checked(cv2.VideoCapture(device, cv2.CAP_V4L2), label, "not a usable V4L2 camera")
     capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*"MJPG"))

@@ -91,7 +91,7 @@ def room(width: int, height: int, seed: int = 0) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _room(width: int, height: int, seed: int) -> np.ndarray:
     rng = _rng(seed, "room")
-    img = np.empty((height, width, 3), np.float32)
+    img: np.ndarray = np.empty((height, width, 3), np.float32)
     img[:] = _WALLS[rng.integers(len(_WALLS))]
     texture = _octaves(rng, height, width, [height / 3, height / 10, height / 30, height / 90, 2.0])
     img += (texture * 7.0)[..., None]
@@ -157,7 +157,7 @@ def _draw_door(img: np.ndarray, rng: np.random.Generator, floor_y: int) -> None:
 def _draw_window(img: np.ndarray, rng: np.random.Generator, floor_y: int) -> None:
     x0, y0, x1, y1 = _box(rng, img, (0.12, 0.2), (0.2, 0.3))
     sky = (
-        np.float32([185, 175, 150])
+        np.array([185, 175, 150], np.float32)
         + value_noise(rng, y1 - y0, x1 - x0, ((y1 - y0) / 3, (x1 - x0) / 3))[..., None] * 8
     )
     img[y0:y1, x0:x1] = sky
@@ -308,18 +308,18 @@ def _subject_colour(
     rng: np.random.Generator, masks: dict[str, np.ndarray], shirt: tuple[float, float, float] | None
 ) -> np.ndarray:
     h, w = masks["body"].shape
-    base = np.float32(shirt if shirt is not None else _SHIRTS[rng.integers(len(_SHIRTS))])
+    base = np.array(shirt if shirt is not None else _SHIRTS[rng.integers(len(_SHIRTS))], np.float32)
     folds = 1.0 + 0.08 * value_noise(rng, h, w, (h / 8, w / 5))
     colour = base * folds[..., None] + value_noise(rng, h, w, (2.0, 2.0))[..., None] * 4
     if rng.random() < 0.3:
         stripe = (np.arange(h) // max(h // 30, 2)) % 2 == 1
         colour[stripe] = colour[stripe] * 0.7 + 20
     skin = (
-        np.float32(_SKINS[rng.integers(len(_SKINS))])
+        np.array(_SKINS[rng.integers(len(_SKINS))], np.float32)
         * (1 + 0.05 * value_noise(rng, h, w, (h / 20, h / 20)))[..., None]
     )
     hair = (
-        np.float32(_HAIRS[rng.integers(len(_HAIRS))])
+        np.array(_HAIRS[rng.integers(len(_HAIRS))], np.float32)
         + value_noise(rng, h, w, (h / 6, 1.5))[..., None] * 10
     )
     face = masks["face"][..., None]
@@ -371,4 +371,5 @@ def shirt_near(
     direction = rng.normal(size=3)
     mean = background.reshape(-1, 3).mean(axis=0)
     colour = mean + distance * direction / np.linalg.norm(direction)
-    return tuple(float(c) for c in np.clip(colour, 5, 230))
+    blue, green, red = (float(c) for c in np.clip(colour, 5, 230))
+    return blue, green, red

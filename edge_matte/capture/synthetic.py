@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import cv2
@@ -163,7 +164,7 @@ def _checks(script: SceneScript) -> list[tuple[str, bool, str]]:
         ("width", 16 <= s.width <= 7680, "must be 16..7680"),
         ("height", 16 <= s.height <= 4320, "must be 16..4320"),
         ("fps", 0 < s.fps <= 240, "must be in (0, 240]"),
-        ("seed", 0 <= s.seed, "must be >= 0"),
+        ("seed", s.seed >= 0, "must be >= 0"),
         ("subjects", 1 <= s.subjects <= 8, "must be 1..8"),
         ("enter_frame", s.enter_frame >= 0, "must be >= 0"),
         ("walk_frames", s.walk_frames >= 1, "must be >= 1"),
@@ -242,7 +243,7 @@ def parse_uri(uri: str, width: int, height: int, fps: float) -> SceneScript:
             f"{uri!r}: a synthetic scene is addressed as test:// or test://?key=value&..."
         )
     known = {f.name for f in dataclasses.fields(SceneScript) if f.init}
-    values: dict[str, object] = {"width": width, "height": height, "fps": fps}
+    values: dict[str, Any] = {"width": width, "height": height, "fps": fps}
     problems = []
     for key, text in parse_qsl(parts.query, keep_blank_values=True):
         if key not in known:
@@ -355,7 +356,7 @@ class SyntheticSource:
     def _background(self, shift: tuple[float, float]) -> np.ndarray:
         """The room as the (possibly moved) camera sees it; the one shifted copy is cached."""
         if shift not in self._shifted:
-            matrix = np.float32([[1, 0, shift[0]], [0, 1, shift[1]]])
+            matrix = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32)
             size = (self._script.width, self._script.height)
             moved = cv2.warpAffine(
                 self._room, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT

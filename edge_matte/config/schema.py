@@ -316,6 +316,11 @@ class ComposeConfig(Section):
         return self
 
 
+def _composite_only() -> list[Literal["composite", "alpha", "debug"]]:
+    """`stream.outputs`' default: a fresh list for each config."""
+    return ["composite"]
+
+
 class StreamConfig(Section):
     enabled: bool = Field(True, description="Serve the outputs over RTSP")
     bind: str = Field(
@@ -325,7 +330,7 @@ class StreamConfig(Section):
     )
     port: int = Field(8554, ge=1, le=65535, description="RTSP port")
     outputs: list[Literal["composite", "alpha", "debug"]] = Field(
-        default_factory=lambda: ["composite"],
+        default_factory=_composite_only,
         min_length=1,
         description="Mount points served: rtsp://HOST:PORT/<name>",
     )

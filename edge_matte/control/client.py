@@ -60,7 +60,7 @@ def build_client(mqtt: MqttConfig, topics: Topics) -> Client:
 def disable_nagle(client: paho.Client) -> None:
     """Send small packets (answers, acks) at once; paho leaves Nagle's ~40 ms batching on."""
     sock = client.socket()
-    if sock is not None and getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

@@ -139,11 +139,11 @@ def _command(api: ControlApi, relative: str, payload: bytes, refusal: str | None
 def _auto_refresh(api: ControlApi, relative: str, payload: bytes, refusal: str | None) -> Answer:
     """Home Assistant switch: ON = automatic plate refresh (unfreeze), OFF = freeze."""
     choice = {b"ON": PLATE_UNFREEZE, b"OFF": PLATE_FREEZE}.get(payload.strip())
-    if refusal is None and choice is None:
+    if refusal is None:
+        if choice is not None:
+            return _command(api, command_topic(choice), b"{}", None)
         refusal = "<payload>: expected ON or OFF"
-    if refusal is not None:
-        return _command_answer(None, relative, error=refusal)
-    return _command(api, command_topic(choice), b"{}", None)
+    return _command_answer(None, relative, error=refusal)
 
 
 def _command_answer(request_id: payloads.RequestId, name: str, error: str) -> Answer:

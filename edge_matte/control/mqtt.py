@@ -159,7 +159,7 @@ class MqttControl:
         client.loop_stop()
 
     def _on_connect(
-        self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if client is not self._client:
             return
@@ -176,14 +176,15 @@ class MqttControl:
         self._connected.set()
         self._jobs.put(self._announce)
         filters = self._topics.subscriptions()
-        _, mid = client.subscribe([(topic, _subscription_options(self._mqtt)) for topic in filters])
-        self._subscribing[mid] = filters
+        _, mid = client.subscribe(_subscriptions(self._mqtt, filters))
+        if mid is not None:  # None: the connection dropped again; the next connect subscribes
+            self._subscribing[mid] = filters
 
     def _on_connect_error(self, err: OSError) -> None:
         self._set_error(f"cannot connect to broker {self._mqtt.host}:{self._mqtt.port}: {err}")
 
     def _on_disconnect(
-        self, client: Client, userdata: Any, flags: Any, reason: Any, properties: Any
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if client is not self._client:
             return
@@ -193,7 +194,7 @@ class MqttControl:
             _LOG.warning("lost the broker connection (%s); reconnecting", reason)
 
     def _on_subscribe(
-        self, client: Client, userdata: Any, mid: int, reasons: list[Any], properties: Any
+        self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any
     ) -> None:
         if client is not self._client:
             return
@@ -205,7 +206,7 @@ class MqttControl:
                 self._refused.pop(topic, None)
 
     def _on_publish(
-        self, client: Client, userdata: Any, mid: int, reason: Any, properties: Any
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
             self._refused_publications += 1
@@ -222,7 +223,7 @@ class MqttControl:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _on_message(self, client: Client, userdata: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if client is not self._client:
             return
         if message.topic == self._topics.ha_status:
@@ -234,7 +235,7 @@ class MqttControl:
         if relative is None or not handlers.handles(relative) or not message.payload:
             return  # an empty payload is how a retained message is cleared: not a request
         limit = self._api.config().mqtt.max_payload_bytes
-        payload = message.payload[: limit + 1]  # enough to tell it is too large, no more
+        payload = bytes(message.payload[: limit + 1])  # enough to tell it is too large, no more
         refusal = RETAINED_REFUSAL if message.retain else None
         if not self._slots.acquire(blocking=False):
             self._busy_refusals += 1
@@ -396,9 +397,11 @@ class MqttControl:
                 _LOG.exception("MQTT control job failed")
 
 
-def _subscription_options(mqtt: MqttConfig) -> int | SubscribeOptions:
+def _subscriptions(
+    mqtt: MqttConfig, filters: list[str]
+) -> list[tuple[str, int]] | list[tuple[str, SubscribeOptions]]:
     """QoS 1; with MQTT 5 also Retain As Published, so a retained request is seen as retained
     even when it is published while we are subscribed (3.1.1 brokers clear the flag then)."""
     if mqtt.protocol == "5":
-        return SubscribeOptions(qos=1, retainAsPublished=True)
-    return 1
+        return [(topic, SubscribeOptions(qos=1, retainAsPublished=True)) for topic in filters]
+    return [(topic, 1) for topic in filters]

@@ -17,7 +17,10 @@ from edge_matte.frames import Matte
 class MattingEngine(Protocol):
     """Turns a BGR uint8 frame and a BGR uint8 plate of the same size into a Matte."""
 
-    name: str  # "trt-fp16", "torch-cuda", "torch-cpu" or "classic"
+    @property
+    def name(self) -> str:
+        """What runs: "trt-fp16", "torch-cuda", "torch-cpu" or "classic" (a chooser's varies)."""
+        ...
 
     def matte(self, image: np.ndarray, plate: np.ndarray) -> Matte:
         """Matte one frame; raise EngineError if the engine itself failed."""

@@ -121,7 +121,7 @@ def _ellipse(radius: int) -> np.ndarray:
 
 def _remove_small_blobs(mask: np.ndarray, min_area: float) -> np.ndarray:
     """Clear connected components smaller than `min_area` pixels (in place, also returned)."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1:
         x, y, w, h = stats[label, :4]
         region = mask[y : y + h, x : x + w]
@@ -195,7 +195,10 @@ class _Window:
         full: tuple[int, ...],
     ) -> _Window:
         ry, rx = work[0] / full[0], work[1] / full[1]
-        rows, cols = _extent(outer, 1)  # outer is not empty: the mask it grew from was not
+        extent = _extent(outer, 1)
+        if extent is None:  # the caller grows `outer` from a mask it found not empty
+            raise ValueError("a window around an empty mask")
+        rows, cols = extent
         y0, y1 = (rows.start + small[0].start) / ry, (rows.stop + small[0].start) / ry
         x0, x1 = (cols.start + small[1].start) / rx, (cols.stop + small[1].start) / rx
         box = (
@@ -210,7 +213,7 @@ class _Window:
         ry, rx = self.ratio
         y0 = (self.full[0].start + 0.5) * ry - 0.5 - self.small[0].start
         x0 = (self.full[1].start + 0.5) * rx - 0.5 - self.small[1].start
-        matrix = np.float32([[rx, 0, x0], [0, ry, y0]])
+        matrix = np.array([[rx, 0, x0], [0, ry, y0]], np.float32)
         size = (self.full[1].stop - self.full[1].start, self.full[0].stop - self.full[0].start)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         return cv2.warpAffine(small_map, matrix, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
@@ -260,7 +263,9 @@ class ClassicEngine:
         towards = cv2.subtract(fg_colour, plate_s[small])
         alpha_s = _edge_alpha(diff_s[small], towards, raw[small], inner, outer, floor)
         img_r = image[window.full].astype(np.float32)
-        back_r = cv2.multiply(plate[window.full].astype(np.float32), (*gain.tolist(), 0.0))
+        back_r = cv2.multiply(  # type: ignore[call-overload]  # a scalar tuple: OpenCV takes it, its stubs do not
+            plate[window.full].astype(np.float32), (*gain.tolist(), 0.0)
+        )
         sure = cv2.merge([inner, outer])
         alpha_r = self._refine(cv2.subtract(img_r, back_r), diff_s[small], alpha_s, sure, window)
         alpha[window.full] = alpha_r
@@ -284,7 +289,7 @@ class ClassicEngine:
 
     def _clean(self, raw: np.ndarray) -> np.ndarray:
         """The confident subject mask: speckle opened away, gaps closed, blobs and holes handled."""
-        mask = (raw >= 0.5).astype(np.uint8)
+        mask: np.ndarray = (raw >= 0.5).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _ellipse(1))
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(2))
         mask = _remove_small_blobs(mask, self._config.min_blob_area * mask.size)
@@ -310,7 +315,7 @@ class ClassicEngine:
             mean_a, mean_b, lower, upper = cv2.split(
                 window.upsample(cv2.merge([mean_a, mean_b, sure]))
             )
-            alpha = mean_a * (_length(diff_r) / 255) + mean_b
+            alpha: np.ndarray = mean_a * (_length(diff_r) / 255) + mean_b
         else:
             alpha, lower, upper = cv2.split(window.upsample(cv2.merge([alpha_s, sure])))
         return np.clip(alpha, lower, upper)
@@ -359,7 +364,8 @@ def _prepare(image: np.ndarray, plate: np.ndarray) -> tuple[np.ndarray, np.ndarr
     scale = min(1.0, _WORK_SIDE / max(image.shape[:2]))
     img_s, plate_s = (_shrink(x, scale) for x in (image, plate))
     gain = estimate_gain(img_s, plate_s)
-    return img_s, cv2.multiply(plate_s, (*gain.tolist(), 0.0)), gain
+    lit = cv2.multiply(plate_s, (*gain.tolist(), 0.0))  # type: ignore[call-overload]  # as above
+    return img_s, lit, gain
 
 
 def _check(image: np.ndarray, plate: np.ndarray) -> None:
@@ -390,7 +396,7 @@ def _unmix(img: np.ndarray, back: np.ndarray, alpha: np.ndarray, carried: np.nda
     foreground = cv2.convertScaleAbs(img)
     cv2.copyTo(cv2.convertScaleAbs(carried), (alpha > 0).astype(np.uint8), foreground)
     cv2.copyTo(
-        cv2.convertScaleAbs(cv2.max(unmixed, 0)),
+        cv2.convertScaleAbs(np.maximum(unmixed, 0)),
         (alpha >= _MIN_SPILL_ALPHA).astype(np.uint8),
         foreground,
     )

@@ -45,6 +45,7 @@ import copy
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -55,7 +56,7 @@ from edge_matte.config.schema import MattingConfig
 from edge_matte.engine.torch_engine import TorchEngine
 from edge_matte.errors import EngineError
 from edge_matte.model.fuse import fold_batchnorm
-from edge_matte.model.model import BaseNetwork, MattingBase, MattingRefine
+from edge_matte.model.model import BaseFn, BaseNetwork, MattingBase, MattingRefine
 from edge_matte.model.refiner import PATCH, ConvsFn, Index, Refiner, replace_patch
 
 _LOG = logging.getLogger(__name__)
@@ -96,15 +97,17 @@ class WindowRefiner(Refiner):
         fold_batchnorm(new)
         return new
 
-    def _refine_patches(self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn):
+    def _refine_patches(
+        self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
         h, w = src_bgr.shape[2:]
         if tuple(coarse.shape[2:]) != (h // 4, w // 4):
             return super()._refine_patches(src_bgr, coarse, err, convs)
         # Selection and scatter as in Refiner._refine_patches; only the patch inputs differ.
         err = F.interpolate(err, (h // 4, w // 4), mode="bilinear", align_corners=False)
         ref = self.select_refinement_regions(err)
-        idx = torch.nonzero(ref.squeeze(1))
-        idx = idx[:, 0], idx[:, 1], idx[:, 2]
+        found = torch.nonzero(ref.squeeze(1))
+        idx = found[:, 0], found[:, 1], found[:, 2]
         # Contiguous first: upsampling 4 channels-last channels is half as fast as 4 planes,
         # and the planar result keeps the frame conversions after it cheap.
         out = F.interpolate(
@@ -114,7 +117,9 @@ class WindowRefiner(Refiner):
             out = replace_patch(out, self._refine_selected(src_bgr, coarse, idx, convs), idx)
         return out[:, :1], out[:, 1:], ref
 
-    def _refine_selected(self, src_bgr: Tensor, coarse: Tensor, idx: Index, convs: ConvsFn):
+    def _refine_selected(
+        self, src_bgr: Tensor, coarse: Tensor, idx: Index, convs: ConvsFn
+    ) -> Tensor:
         """[P, 4, 4, 4] refined alpha and foreground residual of the patches at `idx`."""
         top, left = int(idx[1].min()), int(idx[2].min())
         rows, cols = int(idx[1].max()) - top + 1, int(idx[2].max()) - left + 1
@@ -215,7 +220,8 @@ class WindowRefiner(Refiner):
         size = (frame.half.shape[1] - 2 * half, frame.half.shape[2] - 2 * half)
         for picked, corner, strip, where in _edge_strips(corners, cells, half, size):
             x = self._half_windows(frame, corner, strip)
-            hidden[(picked, slice(None), *where)] = self.conv1(x)
+            rows_cols = (picked, slice(None), *where)  # mypy misreads it inline as 3.11 syntax
+            hidden[rows_cols] = self.conv1(x)
         return hidden
 
     def _window_inputs(
@@ -290,7 +296,9 @@ _UPSAMPLE_ROWS = (
 _NEAREST_ROWS = (((1.0, 0.0), (1.0, 0.0), (0.0, 1.0)), ((1.0, 0.0), (0.0, 1.0), (0.0, 1.0)))
 
 
-def _phase_weights(weight: Tensor, rows: tuple = _UPSAMPLE_ROWS) -> Tensor:
+def _phase_weights(
+    weight: Tensor, rows: tuple[tuple[tuple[float, ...], ...], ...] = _UPSAMPLE_ROWS
+) -> Tensor:
     """[4 O, I, k, k] kernels, one per output parity (row, column), that applied to the input
     give `weight` [O, I, 3, 3] applied to its x2 upsample (`rows`: see above; k = 3 for
     bilinear, 2 for nearest); channels parity-major, as `_depth_to_space` reads them."""
@@ -355,7 +363,9 @@ def _edge_windows(
     return torch.nonzero(edge).squeeze(1)
 
 
-def _edge_strips(corners: Index, cells: tuple[int, int], half: int, frame: tuple[int, int]):
+def _edge_strips(
+    corners: Index, cells: tuple[int, int], half: int, frame: tuple[int, int]
+) -> Iterator[tuple[Tensor, Index, tuple[int, int], tuple[slice, slice]]]:
     """For each side of the frame that windows of `cells` at `corners` reach past: (the windows'
     indices, the corners of their one-cell strips along that side, the strips' cells, where
     the strips' conv1 rows and columns lie in the window's)."""
@@ -395,7 +405,7 @@ def _gather(
 
     One `index_select` of whole pixels (C floats each) in the order they are wanted: about 4x
     faster than indexing with three index tensors, which computes an offset per float."""
-    batch, height, width, channels = nhwc.shape
+    _batch, height, width, channels = nhwc.shape
     tall, wide = size[0] // block, size[1] // block
     phase = torch.arange(block, device=nhwc.device)
     down = block * torch.arange(tall, device=nhwc.device)[:, None] + phase  # [tall, block]
@@ -436,10 +446,10 @@ def optimize_for_cpu(model: MattingRefine) -> MattingRefine:
     folded = fold_batchnorm(fast)
     fast.requires_grad_(False)
     _LOG.debug("optimize_for_cpu: folded %d BatchNorms", folded)
-    return fast.to(memory_format=torch.channels_last)
+    return fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch takes it; its stubs omit it
 
 
-def channels_last_base(model: MattingBase):
+def channels_last_base(model: MattingBase) -> BaseFn:
     """`model.base` taking its input channels-last (a BaseFn for `forward_with`)."""
 
     def base(x: Tensor) -> Tensor:
@@ -488,7 +498,7 @@ def export_base(model: MattingBase, size: tuple[int, int] = (64, 64)) -> bytes:
             torch.onnx.export(
                 wrapper,
                 (example.contiguous(),),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # torch's annotation omits the file objects it writes to
                 dynamo=False,
                 input_names=["x"],
                 output_names=["y"],
@@ -525,6 +535,7 @@ class FastCpuEngine(TorchEngine):
         torch.set_flush_denormal(True)
         model = optimize_for_cpu(self._require_model())
         self.model = model
+        self._base: BaseFn
         if backend == "onnxruntime":
             self._base = OrtBaseNetwork(model, threads)
             self.name = "torch-cpu+ort"

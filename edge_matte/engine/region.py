@@ -153,7 +153,9 @@ def expand(box: Box, margin: int, align: int, min_size: int, height: int, width:
     return Box(top, left, bottom, right)
 
 
-def _span(start: int, end: int, margin: int, align: int, min_size: int, limit: int):
+def _span(
+    start: int, end: int, margin: int, align: int, min_size: int, limit: int
+) -> tuple[int, int]:
     start, end = max(start - margin, 0), min(end + margin, limit)
     short = min(min_size, limit) - (end - start)
     if short > 0:  # grow both ways, shifting what does not fit at one edge to the other

@@ -43,7 +43,9 @@ class SyncFreeRefiner(Refiner):
         """Patches refined per image of a (height, width) padded input: top-k's k."""
         return min(self.sample_pixels // (PATCH * PATCH), (height // PATCH) * (width // PATCH))
 
-    def _refine_patches(self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn):
+    def _refine_patches(
+        self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if self.mode != "sampling":
             return super()._refine_patches(src_bgr, coarse, err, convs)
         b, _, h, w = src_bgr.shape

@@ -10,6 +10,7 @@ as the plate keeper publishes it) is converted once and reused until another pla
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -24,6 +25,9 @@ from edge_matte.model.model import MattingRefine
 from edge_matte.model.refiner import PATCH
 
 _LOG = logging.getLogger(__name__)
+
+
+_Engine = TypeVar("_Engine", bound="TorchEngine")  # `from_model` makes the class it is called on
 
 
 class TorchEngine:
@@ -57,7 +61,9 @@ class TorchEngine:
         self._start(model, device, config.threads, dtype)
 
     @classmethod
-    def from_model(cls, model: MattingRefine, device: str = "cpu", threads: int = 0) -> TorchEngine:
+    def from_model(
+        cls: type[_Engine], model: MattingRefine, device: str = "cpu", threads: int = 0
+    ) -> _Engine:
         """An engine around `model` as it is (its refine settings apply); it is moved to `device`."""
         engine = cls.__new__(cls)
         engine._start(model, device, threads)

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -180,14 +180,16 @@ class TrtEngine(TorchEngine):
         self._converter = converter or Torch2TrtConverter()
         super().__init__(config, device=self._converter.device)
         self.name = self._converter.name
-        self._digest = weights_digest(config.weights)  # TorchEngine checked it is set
+        if config.weights is None:  # TorchEngine refused it before; the digest needs it too
+            raise EngineError(f"{self.name} needs matting.weights: they key the engine cache")
+        self._digest = weights_digest(config.weights)
         self._cache = cache
         self._patch_count = patch_count
         self._notifier = notifier or Notifier(None)
         self._pieces: _Pieces | None = None
 
     @classmethod
-    def from_model(cls, model: MattingRefine, device: str = "cuda", threads: int = 0):
+    def from_model(cls, model: MattingRefine, device: str = "cuda", threads: int = 0) -> NoReturn:
         """Not available: engines are cached under the weights file's digest; use TrtEngine(config, cache)."""
         raise TypeError(
             "TrtEngine needs matting.weights (it keys the engine cache); use TrtEngine(config, cache)"
@@ -287,9 +289,9 @@ class TrtEngine(TorchEngine):
         `examples` makes new random inputs at each call: one set to build with, others to check.
         """
         fields = self._fields(piece, shapes)
-        state = self._cache.load(fields)
-        if state is not None:
-            engine = self._restore(piece, module, state, examples())
+        cached = self._cache.load(fields)
+        if cached is not None:
+            engine = self._restore(piece, module, cached, examples())
             if engine is not None:
                 return engine
         failed = self._cache.failure(fields)
@@ -323,7 +325,7 @@ class TrtEngine(TorchEngine):
             state = engine.state_dict() if problem is None else None
         except Exception as err:  # a converter's failures have no common type: fall back
             raise EngineError(f"{self.name}: building the '{piece}' engine failed: {err}") from err
-        if problem is not None:
+        if state is None:
             raise EngineError(f"{self.name}: the '{piece}' engine disagrees with torch: {problem}")
         _LOG.info("built %s engine '%s' in %.1f s", self.name, piece, time.monotonic() - started)
         return engine, state

@@ -141,7 +141,7 @@ def weights_digest(path: str | Path) -> str:
     """First 16 hex digits of the file's SHA-256: identifies the weights in cache keys."""
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
+        with Path(path).open("rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as err:

@@ -13,7 +13,9 @@ children of any other module (the decoder and refiner call `bnN(convN(x))`).
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -59,7 +61,7 @@ def _pairs(parent: nn.Module) -> list[tuple[str, str]]:
     children = dict(parent.named_children())
     if isinstance(parent, nn.Sequential):
         names = list(children)
-        candidates = zip(names[:-1], names[1:], strict=True)
+        candidates: Iterable[tuple[str, str]] = itertools.pairwise(names)
     else:
         candidates = (
             (name, f"bn{match.group(1)}") for name in children if (match := _CONV_NAME.match(name))

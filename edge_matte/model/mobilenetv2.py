@@ -69,7 +69,7 @@ class InvertedResidual(nn.Module):
         self, in_channels: int, out_channels: int, stride: int, expand_ratio: int, dilation: int = 1
     ) -> None:
         super().__init__()
-        hidden = int(round(in_channels * expand_ratio))
+        hidden = round(in_channels * expand_ratio)
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expand_ratio != 1:

@@ -80,7 +80,7 @@ class MattingBase(nn.Module):
         x = self.aspp(x)
         return self.decoder(x, *shortcuts)
 
-    def forward(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, ...]:  # 4 here, 6 refined
         _check_pair(src, bgr)
         pha, fgr, err, hid = split_base_output(self.base(torch.cat([src, bgr], dim=1)))
         return pha, fgr.add(src).clamp_(0.0, 1.0), err, hid

@@ -163,7 +163,9 @@ class Refiner(nn.Module):
         """Context around a patch at half and full resolution that the valid convolutions eat."""
         return (3, 2) if self.kernel_size == 3 else (0, 0)
 
-    def _refine_full(self, src_bgr: Tensor, coarse: Tensor, convs: ConvsFn):
+    def _refine_full(
+        self, src_bgr: Tensor, coarse: Tensor, convs: ConvsFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
         b, _, h, w = src_bgr.shape
         half, full = self._paddings()
         x = F.pad(_half_resolution(coarse, src_bgr), (half,) * 4)
@@ -172,12 +174,14 @@ class Refiner(nn.Module):
         ref = torch.ones((b, 1, h // 4, w // 4), device=src_bgr.device, dtype=src_bgr.dtype)
         return out[:, :1], out[:, 1:], ref
 
-    def _refine_patches(self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn):
+    def _refine_patches(
+        self, src_bgr: Tensor, coarse: Tensor, err: Tensor, convs: ConvsFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
         h, w = src_bgr.shape[2:]
         err = F.interpolate(err, (h // 4, w // 4), mode="bilinear", align_corners=False)
         ref = self.select_refinement_regions(err)
-        idx = torch.nonzero(ref.squeeze(1))
-        idx = idx[:, 0], idx[:, 1], idx[:, 2]
+        found = torch.nonzero(ref.squeeze(1))
+        idx = found[:, 0], found[:, 1], found[:, 2]
 
         pha_fgr = coarse[:, -4:]
         out = F.interpolate(pha_fgr, (h, w), mode="bilinear", align_corners=False)

@@ -211,7 +211,7 @@ class Compositor:
         small = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA).astype(np.float32)
         weight = 1.0 - cv2.resize(alpha, small_size, interpolation=cv2.INTER_AREA)
         small_sigma = sigma / factor
-        numerator = cv2.GaussianBlur(small * weight[:, :, None], (0, 0), small_sigma)
+        numerator: np.ndarray = cv2.GaussianBlur(small * weight[:, :, None], (0, 0), small_sigma)
         denominator = cv2.GaussianBlur(weight, (0, 0), small_sigma)
         numerator /= np.maximum(denominator, _BLUR_MIN_WEIGHT)[:, :, None]
         blurred = self._buffers.get("blurred", image.shape, np.uint8)

@@ -11,6 +11,7 @@ with OpenCV, so every sink shows the frame 1:1 whatever it can scale.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -104,7 +105,7 @@ class Screen:
         command = ["gst-launch-1.0", "-q", "fdsrc", "fd=0", f"blocksize={width * height * 3}"]
         command += ["!", "rawvideoparse", "format=bgr"]
         command += [f"width={width}", f"height={height}", f"framerate={round(fps)}/1", "!"]
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the child's stderr until `close`)
         self.process = subprocess.Popen(
             [*command, *sink_chain(sink)],
             stdin=subprocess.PIPE,
@@ -115,10 +116,8 @@ class Screen:
             raise DisplayError("no pipe to the sink")
         self._fd = self.process.stdin.fileno()
         os.set_blocking(self._fd, False)
-        try:
+        with contextlib.suppress(OSError):  # the default pipe works, with more wake-ups
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        except OSError:
-            pass  # the default pipe works, with more wake-ups
         self.first_frame: float | None = None
 
     def alive(self) -> bool:
@@ -160,10 +159,8 @@ class Screen:
             self.process.kill()
         self.process.wait()
         if self.process.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):  # the pipe broke with the child
                 self.process.stdin.close()
-            except OSError:
-                pass  # the pipe broke with the child
         self._stderr.close()
 
 
@@ -227,7 +224,7 @@ class Display:
             try:
                 screen = self._open()
             except DisplayError as err:
-                reason = str(err)
+                reason: str | None = str(err)
             else:
                 reason = self._show(screen, reopened=outage and self.reopens > 0)
                 shown = self.sink is not None  # it had opened (announced) before failing
@@ -294,7 +291,7 @@ class Display:
                 continue
             config = self._config
             frame = fit_frame(image, screen.size, config.rotate, config.fit, self._scratch)
-            if not screen.write(memoryview(frame).cast("B"), self._stop):
+            if not screen.write(frame.data.cast("B"), self._stop):
                 return "stalled" if screen.alive() else screen.reason()
             self.shown += 1
         return None

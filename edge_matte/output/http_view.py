@@ -13,6 +13,7 @@ exist: no file is ever read from a request's path.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -221,7 +222,10 @@ class HttpView:
     def state(self) -> dict[str, Any]:
         """The device's state and this view's counters (the page and /state.json)."""
         with self._lock:
-            counters = {"viewers": self._viewers, "dropped_viewers": self.dropped_viewers}
+            counters: dict[str, Any] = {
+                "viewers": self._viewers,
+                "dropped_viewers": self.dropped_viewers,
+            }
         counters.update(view=self.view, jpegs=self.feed.encoded, refused=self.refused)
         return {**self._status(), "http": counters}
 
@@ -274,10 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.request_arrived(self.client_address[0])
 
     def _expire(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already closed
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
 
     def finish(self) -> None:
         self._arrived()

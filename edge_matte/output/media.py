@@ -10,7 +10,6 @@ for an appliance. Only PNG, JPEG and WebP are accepted, the formats whose header
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +168,7 @@ def load_image(
 ) -> np.ndarray:
     """Read and decode an image file; MediaError names the file and the problem."""
     try:
-        size = os.stat(path).st_size
+        size = Path(path).stat().st_size
         if size > max_bytes:
             raise MediaError(f"{path}: file is {size} bytes, above the limit of {max_bytes}")
         data = Path(path).read_bytes()
@@ -224,12 +223,11 @@ class VideoLoop:
     def read(self) -> np.ndarray:
         """The next frame (BGR uint8), starting again from the first after the last."""
         if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
+            pending, self._pending = self._pending, None
+            return pending
         if self._capture is not None:
-            ok, frame = self._capture.read()
-            if not ok:
-                frame = self._restart()
+            ok, image = self._capture.read()
+            frame = image if ok else self._restart()
             if frame is not None:
                 self._last = frame
         return self._last

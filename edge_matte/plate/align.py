@@ -72,8 +72,8 @@ class ShiftEstimator:
             self._full_window = cv2.createHanningWindow(self._grid.full, cv2.CV_32F)
         mask = None if background is None else self._grid.expand(background)
         window = self._weighted(self._full_window, mask, _MASK_BLUR_CELLS * self._grid.factor)
-        lumas = [cv2.GaussianBlur(grey(x), (0, 0), _FULL_BLUR) for x in (plate, image)]
-        (dx, dy), response = cv2.phaseCorrelate(*lumas, window)
+        before, after = (cv2.GaussianBlur(grey(x), (0, 0), _FULL_BLUR) for x in (plate, image))
+        (dx, dy), response = cv2.phaseCorrelate(before, after, window)
         fine = Shift(dx, dy, float(response))
         return fine if fine.response >= MIN_RESPONSE else coarse
 
@@ -86,7 +86,7 @@ class ShiftEstimator:
 
 def translate(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
     """`image` moved by (dx, dy) pixels; the uncovered border is mirrored from inside."""
-    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    matrix = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
     size = (image.shape[1], image.shape[0])
     return cv2.warpAffine(
         image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT

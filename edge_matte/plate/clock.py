@@ -17,13 +17,21 @@ it is compared with the one before (a scene that changed meanwhile shows as moti
 from __future__ import annotations
 
 import math
+from typing import overload
+
+import numpy as np
 
 MAX_STEP_S = 2.0  # a longer step between two frames is an outage or a hole, not time seen
 _TOLERANCE_S = 1e-6  # sums of frame steps carry rounding: a span this close counts as reached
 
 
-def reached(span_s: float, needed_s: float) -> bool:
-    """Whether `span_s` of plate time is at least `needed_s` (within the rounding of sums)."""
+@overload
+def reached(span_s: float, needed_s: float) -> bool: ...
+@overload
+def reached(span_s: np.ndarray, needed_s: float) -> np.ndarray: ...
+def reached(span_s: float | np.ndarray, needed_s: float) -> bool | np.ndarray:
+    """Whether `span_s` of plate time (or each of an array's) is at least `needed_s` (within
+    the rounding of sums)."""
     return span_s >= needed_s - _TOLERANCE_S
 
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from typing import Any
 
 import cv2
 import numpy as np
@@ -218,7 +219,7 @@ class BackgroundEstimator:
         self._frames += 1
         if self._watch is not None:
             self._watch.offer(self._frames - 1, image)
-            self._take_people()
+            self._take_people(self._watch)
         if self._origin is None:
             self._origin = now - self._interval
         self._span_s = now - self._origin
@@ -243,10 +244,10 @@ class BackgroundEstimator:
             self._thin()
         return True
 
-    def _take_people(self) -> None:
+    def _take_people(self, watch: PeopleWatch) -> None:
         """Take a finished detection: it stands for the samples from its frame on (replacing an
         older one's; on a worker thread it arrives a few frames late)."""
-        found = self._watch.take()
+        found = watch.take()
         if found is None:
             return
         self._detected = found
@@ -257,8 +258,9 @@ class BackgroundEstimator:
 
     def _people_at(self, index: int) -> np.ndarray:
         """The people mask for a sample of frame `index`: the latest detection while it holds."""
-        if self._detected is not None and index - self._detected[0] < self._watch.hold:
-            return self._detected[1]
+        watch, detected = self._watch, self._detected
+        if watch is not None and detected is not None and index - detected[0] < watch.hold:
+            return detected[1]
         return np.zeros(self._grid.size[::-1], np.uint8)
 
     def _gain(self, small: np.ndarray, still: np.ndarray) -> np.ndarray:
@@ -278,14 +280,15 @@ class BackgroundEstimator:
 
     def _thin(self) -> None:
         """Drop every other sample and double the period: the rest still spans the whole history."""
-        for kept in (
+        every: tuple[list[Any], ...] = (
             self._images,
             self._still,
             self._quiet,
             self._gains,
             self._people,
             self._indices,
-        ):
+        )
+        for kept in every:
             kept[:] = kept[::2]
         self._period *= 2
         self._sampled_slot //= 2

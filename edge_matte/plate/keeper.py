@@ -60,7 +60,7 @@ from edge_matte.plate import store
 from edge_matte.plate.align import Shift
 from edge_matte.plate.clock import PlateClock, reached
 from edge_matte.plate.detect import NoiseModel, PersonVeto, StillnessDetector, coverage
-from edge_matte.plate.estimator import BackgroundEstimator
+from edge_matte.plate.estimator import BackgroundEstimator, Estimate
 from edge_matte.plate.grid import Grid, grey
 from edge_matte.plate.live import LivePlate
 from edge_matte.plate.maker import READY_KNOWN, Estimates, Evaluator, NewPlate, PlateMaker
@@ -175,15 +175,22 @@ class PlateKeeper:
             now = self._clock.tick(frame.media_time)
             view = self._view(frame)
             moving = self._detector.update(view.luma, now)
-            alpha = self._grid.shrink(matte.alpha) if matte is not None else None
+            alpha = self._sized_grid.shrink(matte.alpha) if matte is not None else None
             if self._live is not None:
-                self._keep(frame, view, alpha)
+                self._keep(self._live, frame, view, alpha)
             self._step(frame, view, alpha, moving)
             if self._improving is not None and self._live is not None and not self.frozen:
-                self._improve(frame, view)
+                self._improve(self._improving, self._live, frame, view)
             self._timings.append(time.perf_counter() - started + view.cost_s)
 
     # -- per-frame work ---------------------------------------------------------------------------
+
+    @property
+    def _sized_grid(self) -> Grid:
+        """The grid of the current frame size, which the first frame or plate sets."""
+        if self._grid is None:
+            raise RuntimeError("the plate keeper has no frame size yet")
+        return self._grid
 
     def _setup(self, width: int, height: int) -> None:
         self._grid = Grid(width, height)
@@ -200,7 +207,7 @@ class PlateKeeper:
         width, height = frame.size
         if self._grid is None or self._grid.full != (width, height):
             self._resize(width, height)
-        small = self._grid.shrink(frame.image)
+        small = self._sized_grid.shrink(frame.image)
         view = View(key, small, grey(small))
         compare(view, self._live, self._noise)
         view.cost_s = time.perf_counter() - started
@@ -217,18 +224,18 @@ class PlateKeeper:
                 )
         self._setup(width, height)
 
-    def _keep(self, frame: Frame, view: View, alpha: np.ndarray | None) -> None:
+    def _keep(self, live: LivePlate, frame: Frame, view: View, alpha: np.ndarray | None) -> None:
         moved = self._upkeep.step(
-            self._live, frame, view, alpha, self._detector.moving, self.frozen, self._clock.now
+            live, frame, view, alpha, self._detector.moving, self.frozen, self._clock.now
         )
         if moved is not None:
-            self._follow(moved)
+            self._follow(live, moved)
 
-    def _follow(self, shift: Shift) -> None:
+    def _follow(self, live: LivePlate, shift: Shift) -> None:
         """The camera moved: warp the plate along, or drop it when the move is too large."""
         where = f"{shift.dx:+.1f},{shift.dy:+.1f} px"
         if shift.length <= self._config.max_shift_px:
-            self._live.warp(shift.dx, shift.dy)
+            live.warp(shift.dx, shift.dy)
             self._change(
                 self.state,
                 "plate.realigned",
@@ -288,20 +295,17 @@ class PlateKeeper:
         elif automatic and self._empty(frame, view, alpha):
             self._start_capturing("plate stale and scene empty: recapturing")
 
-    def _improve(self, frame: Frame, view: View) -> None:
+    def _improve(self, improving: Evaluator, live: LivePlate, frame: Frame, view: View) -> None:
         """Feed the per-pixel estimator behind the installed plate; install what it learns."""
-        self._improving.estimator.add(
-            frame.image, view.small, self._detector.moving, self._clock.now
-        )
-        estimate = self._improving.poll()
+        improving.estimator.add(frame.image, view.small, self._detector.moving, self._clock.now)
+        estimate = improving.poll()
         if estimate is not None and estimate.known_fraction >= min(
-            READY_KNOWN, self._live.known_fraction
+            READY_KNOWN, live.known_fraction
         ):
             new = NewPlate(
                 estimate.plate, "per-pixel", estimate.known_fraction, "", estimate.variability
             )
             how = f"{estimate.known_fraction * 100:.1f}% known from {estimate.samples} samples"
-            improving = self._improving
             self._install(new, f"per-pixel plate improved: {how}", "plate.improved")
             self._improving = improving
 
@@ -356,12 +360,12 @@ class PlateKeeper:
         people = None
         if self._people_off is None:
             threaded = self._estimates == "background"
-            people = PeopleWatch(self._grid, self._fps, threaded)
-        return BackgroundEstimator(self._grid, self._fps, self._noise, people)
+            people = PeopleWatch(self._sized_grid, self._fps, threaded)
+        return BackgroundEstimator(self._sized_grid, self._fps, self._noise, people)
 
     def _install(self, new: NewPlate, message: str | None, kind: str | None = None) -> None:
         replaced = self._live is not None
-        live = LivePlate(new.image, self._grid, new.method, new.known_fraction)
+        live = LivePlate(new.image, self._sized_grid, new.method, new.known_fraction)
         live.variability = new.variability
         self._live = live
         self._maker = None
@@ -454,7 +458,7 @@ class PlateKeeper:
                     f"plate is {width}x{height} but frames are {self._grid.full[0]}x{self._grid.full[1]}"
                 )
             self._drop_plate()
-            self._live = LivePlate(image, self._grid, "file")
+            self._live = LivePlate(image, self._sized_grid, "file")
             self._change(PlateState.READY, "plate.loaded", f"plate {how}", method="file")
             self._save()
 
@@ -484,7 +488,7 @@ class PlateKeeper:
             image, meta = saved
             self._drop_plate()
             self._live = LivePlate(
-                image, self._grid, meta.method, meta.known_fraction, meta.created
+                image, self._sized_grid, meta.method, meta.known_fraction, meta.created
             )
             self._live.variability = meta.variability
             age = time.time() - meta.created
@@ -519,7 +523,7 @@ class PlateKeeper:
                 "waiting_for": self._waiting_for(latest),
             }
 
-    def _waiting_for(self, latest: object) -> str | None:
+    def _waiting_for(self, latest: Estimate | None) -> str | None:
         """What the keeper needs before it can install (or keep improving) a plate, in words."""
         if self.state is PlateState.READY and self._improving is None:
             return None

@@ -41,7 +41,7 @@ class LivePlate:
         known_fraction: float = 1.0,
         created: float | None = None,
     ) -> None:
-        self.base = image.astype(np.float32)
+        self.base: np.ndarray = image.astype(np.float32)
         self.method = method
         self.known_fraction = known_fraction
         self.created = time.time() if created is None else created
@@ -64,7 +64,7 @@ class LivePlate:
     def _small_changed(self) -> None:
         self.luma = grey(self.base_small)
         self.trusted = gain_cells(self.base_small)  # cells usable for measuring the gain
-        self._small: np.ndarray | None = None
+        self._small: tuple[np.ndarray, np.ndarray] | None = None  # (light ratio, grid copy in it)
 
     def _ratio(self) -> np.ndarray:
         """Per-channel factor from the base's light to the current light."""
@@ -97,7 +97,7 @@ class LivePlate:
             if all(v == _GAIN_STEPS for v in key):
                 self._image = self._base_u8
             else:
-                matrix = np.diag(np.float32(key) / _GAIN_STEPS)
+                matrix = np.diag(np.array(key, np.float32) / _GAIN_STEPS)
                 self._image = _frozen(cv2.transform(self._base_u8, matrix))
             self._image_key = key
             if self.variability is not None:
@@ -107,10 +107,9 @@ class LivePlate:
     def small(self) -> np.ndarray:
         """The grid copy in the current light (float32 BGR)."""
         ratio = self._ratio()
-        if self._small is None or not np.array_equal(self._small_ratio, ratio):
-            self._small = cv2.transform(self.base_small, np.diag(ratio))
-            self._small_ratio = ratio
-        return self._small
+        if self._small is None or not np.array_equal(self._small[0], ratio):
+            self._small = (ratio, cv2.transform(self.base_small, np.diag(ratio)))
+        return self._small[1]
 
     def update(
         self, frame: np.ndarray, small: np.ndarray, cells: np.ndarray, fill: np.ndarray, rate: float
@@ -129,7 +128,8 @@ class LivePlate:
         if self.unknown is not None:
             known = self._grid.expand(fill)
             blend(self.base, frame, cv2.bitwise_and(self.unknown, known), 1.0)
-            self.unknown = cv2.bitwise_and(self.unknown, cv2.compare(known, 0, cv2.CMP_EQ))
+            unset = cv2.compare(known, 0, cv2.CMP_EQ)  # type: ignore[call-overload]  # OpenCV takes a scalar; its stubs do not
+            self.unknown = cv2.bitwise_and(self.unknown, unset)
             if not cv2.countNonZero(self.unknown):
                 self.unknown = None
         blend(self.base_small, small, cells, rate)

@@ -132,32 +132,34 @@ class PlateMaker:
         """One frame at plate time `now`: `moving` grid mask, `motion` this frame; `empty()` is
         asked only when needed."""
         if self._manual is not None:
-            return self._take_manual(image, small, moving, now)
+            return self._take_manual(self._manual, image, small, moving, now)
         if self._median is not None and motion:
             _LOG.info("motion during plate capture: waiting for stillness again")
             self._median = None
         if self._median is None and automatic and empty():
             self._median = MedianCapture(self._capture_frames, self._interval)
         if self._median is not None:  # the scene is empty: the per-pixel builder can pause
-            return self._take(image, now)
+            return self._take(self._median, image, now)
         if self._builder is not None and automatic:
-            return self._build(image, small, moving, now)
+            return self._build(self._builder, image, small, moving, now)
         return None
 
-    def _take(self, image: np.ndarray, now: float) -> NewPlate | None:
-        self._median.add(image, now)
-        if not self._median.done:
+    def _take(self, median: MedianCapture, image: np.ndarray, now: float) -> NewPlate | None:
+        median.add(image, now)
+        if not median.done:
             return None
-        return NewPlate(
-            self._median.median(), "median", 1.0, f"median of {self._median.seen} frames"
-        )
+        return NewPlate(median.median(), "median", 1.0, f"median of {median.seen} frames")
 
     def _take_manual(
-        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float
+        self,
+        manual: Callable[[], BackgroundEstimator] | BackgroundEstimator,
+        image: np.ndarray,
+        small: np.ndarray,
+        moving: np.ndarray,
+        now: float,
     ) -> NewPlate | None:
-        if not isinstance(self._manual, BackgroundEstimator):
-            self._manual = self._manual()
-        estimator = self._manual
+        estimator = manual if isinstance(manual, BackgroundEstimator) else manual()
+        self._manual = estimator
         estimator.add(image, small, moving, now)
         if estimator.frames < self._capture_frames or not reached(estimator.span_s, _MANUAL_S):
             return None
@@ -167,10 +169,15 @@ class PlateMaker:
         return NewPlate(plate.image, "median", plate.known_fraction, plate.how, plate.variability)
 
     def _build(
-        self, image: np.ndarray, small: np.ndarray, moving: np.ndarray, now: float
+        self,
+        builder: Evaluator,
+        image: np.ndarray,
+        small: np.ndarray,
+        moving: np.ndarray,
+        now: float,
     ) -> NewPlate | None:
-        self._builder.estimator.add(image, small, moving, now)
-        estimate = self._builder.poll()
+        builder.estimator.add(image, small, moving, now)
+        estimate = builder.poll()
         if estimate is None or estimate.known_fraction < READY_KNOWN:
             return None
         return from_estimate(estimate, "per-pixel from a busy scene")

@@ -55,7 +55,8 @@ class PeopleDetector:
         if missing_reason() is not None:
             raise RuntimeError(missing_reason())
         self._hog = cv2.HOGDescriptor(_WINDOW, (16, 16), (8, 8), (8, 8), 9)
-        self._hog.setSVMDetector(cv2.HOGDescriptor_getDaimlerPeopleDetector())
+        daimler = cv2.HOGDescriptor_getDaimlerPeopleDetector()  # type: ignore[attr-defined]  # in OpenCV 4, not in its stubs
+        self._hog.setSVMDetector(daimler)
 
     def boxes(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
         """(x0, y0, x1, y1) of each person found, grown and clipped to the frame."""

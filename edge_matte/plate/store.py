@@ -23,6 +23,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -106,7 +107,7 @@ def _decode_map(text: object, width: int, height: int) -> np.ndarray | None:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def _record_on_disk(path: Path) -> dict | None:
+def _record_on_disk(path: Path) -> dict[str, Any] | None:
     """The metadata record of the PNG now at `path`, or None if there is no valid pair."""
     try:
         record = json.loads(sidecar(path).read_text(encoding="utf-8"))
@@ -116,7 +117,7 @@ def _record_on_disk(path: Path) -> dict | None:
     return _matching(record, digest)
 
 
-def _matching(record: object, digest: str) -> dict | None:
+def _matching(record: object, digest: str) -> dict[str, Any] | None:
     """The record (or its "previous") whose checksum is `digest`, without its own "previous"."""
     candidates = (record, record.get("previous")) if isinstance(record, dict) else ()
     for candidate in candidates:

@@ -55,9 +55,16 @@ def compare(view: View, live: LivePlate | None, noise: NoiseModel) -> None:
     """Fill in the view's difference to the plate (in the plate's current light)."""
     if live is None:
         view.difference, view.changed = None, 1.0
-        return
-    view.difference = colour_difference(view.small, live.small())
-    view.changed = float(np.mean(view.difference > live.threshold(noise.plate_threshold)))
+    else:
+        compare_to(view, live, noise)
+
+
+def compare_to(view: View, live: LivePlate, noise: NoiseModel) -> np.ndarray:
+    """`compare` with a plate: also return the difference it filled in."""
+    difference = colour_difference(view.small, live.small())
+    view.difference = difference
+    view.changed = float(np.mean(difference > live.threshold(noise.plate_threshold)))
+    return difference
 
 
 def clear_cells(alpha: np.ndarray) -> np.ndarray:
@@ -114,8 +121,8 @@ class Upkeep:
         gain = measure_gain(view.small, live.base_small, cv2.bitwise_and(background, live.trusted))
         if gain is not None:
             live.set_gain(gain)
-        compare(view, live, self._noise)
-        self._measure_drift(view, background)
+        difference = compare_to(view, live, self._noise)
+        self._measure_drift(difference, background)
         if self._alignment_due(now) or self._pending is not None:
             moved = self._check_alignment(live, frame, view, alpha)
             if moved is not None or self._pending is not None:
@@ -125,7 +132,7 @@ class Upkeep:
             self._unblended_s = 0.0
         elif self._frames % _UPDATE_EVERY == 0:
             threshold = live.threshold(self._noise.plate_threshold)
-            unchanged = (view.difference <= threshold).astype(np.uint8)
+            unchanged = (difference <= threshold).astype(np.uint8)
             rate = rate_for(self._config.update_rate, self._unblended_s * self._fps)
             self._unblended_s = 0.0
             live.update(frame.image, view.small, background & unchanged, background, rate)
@@ -137,12 +144,12 @@ class Upkeep:
         due, self._aligned_slot = slot > self._aligned_slot, max(slot, self._aligned_slot)
         return due
 
-    def _measure_drift(self, view: View, background: np.ndarray) -> None:
+    def _measure_drift(self, difference: np.ndarray, background: np.ndarray) -> None:
         cells = background.astype(bool)
         if cells.mean() > _MIN_DRIFT_CELLS:
-            self.drift = float(view.difference[cells].mean())
+            self.drift = float(difference[cells].mean())
         else:
-            self.drift = float(np.median(view.difference))
+            self.drift = float(np.median(difference))
 
     def _check_alignment(
         self, live: LivePlate, frame: Frame, view: View, alpha: np.ndarray | None

@@ -10,12 +10,13 @@ the change, and a failure leaves the running pipeline and the saved overrides as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import cv2
@@ -37,6 +38,9 @@ from edge_matte.runtime.checks import preflight, problems
 from edge_matte.runtime.notify import Heartbeat, Notifier
 from edge_matte.runtime.pipeline import Pipeline
 from edge_matte.runtime.telemetry import system_readings
+
+if TYPE_CHECKING:
+    from edge_matte.control.mqtt import MqttControl
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ class Daemon:
         self.views = ViewOutputs(config, self.bus.emit, self._view_state)
         self.bus.subscribe(self.views.remember)
         self.pipeline = self._new_pipeline(config, self._profile)
-        self._control = None
+        self._control: MqttControl | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -265,9 +269,9 @@ class Daemon:
             return
         from edge_matte.control.mqtt import MqttControl  # paho is only needed with MQTT on
 
-        self._control = MqttControl(self._config.mqtt, self)
-        self.bus.subscribe(self._control.publish_event)
-        self._control.start()
+        control = self._control = MqttControl(self._config.mqtt, self)
+        self.bus.subscribe(control.publish_event)
+        control.start()
 
     def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
         return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile, self.views)
@@ -518,12 +522,8 @@ def _live(old: Config, new: Config, changed: set[str]) -> bool:
 def _remember_secrets(config: Config) -> None:
     """Mask this config's passwords (camera URI, RTSP, broker, browser view) in every log line
     and message."""
-    try:
+    with contextlib.suppress(ValueError):  # not a parseable URI: it has no password part either
         redact.remember_secret(urlsplit(config.source.uri).password)
-    except ValueError:  # not a parseable URI: it has no password part either
-        pass
     for section in (config.stream, config.mqtt, config.http):
-        try:
+        with contextlib.suppress(EdgeMatteError):  # unreadable: nothing to mask (preflight says)
             redact.remember_secret(section.resolved_password())
-        except EdgeMatteError:  # unreadable: nothing to mask (preflight reports it)
-            pass

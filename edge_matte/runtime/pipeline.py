@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -255,7 +256,7 @@ class Pipeline:
         width, height = self.size
         if result.frame is None:
             card = no_signal(self.compositor.background(width, height), self.source.problem())
-            return {name: card for name in self._outputs()}
+            return dict.fromkeys(self._outputs(), card)
         image = result.frame.image
         matte = result.matte
         if result.idle:
@@ -295,7 +296,7 @@ class Pipeline:
             ),
         )
 
-    def telemetry(self) -> dict:
+    def telemetry(self) -> dict[str, Any]:
         """Per-stage counters and timings, latency, engine, clients; `source_fps` counts camera
         frames that reached the output, `output_fps` every frame sent (NO SIGNAL included)."""
         health = self.health()

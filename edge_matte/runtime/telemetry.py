@@ -51,7 +51,7 @@ class SystemReader:
 
     def open_fds(self) -> int | None:
         try:
-            return len(os.listdir(self._proc / "fd"))
+            return sum(1 for _ in (self._proc / "fd").iterdir())
         except OSError:
             return None
 

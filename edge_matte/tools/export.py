@@ -29,7 +29,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_matte import atomic
 from edge_matte.errors import EdgeMatteError, EngineError
@@ -196,7 +196,7 @@ def _onnx_bytes(
     """`module` traced on `inputs` into an ONNX model with exactly their shapes."""
     import torch
 
-    options = (
+    options: dict[str, Any] = (
         {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     )
     buffer = io.BytesIO()
@@ -211,7 +211,7 @@ def _onnx_bytes(
             torch.onnx.export(
                 module,
                 tuple(inputs),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # torch's annotation omits the file objects it writes to
                 input_names=input_names,
                 output_names=output_names,
                 opset_version=opset,
@@ -240,7 +240,6 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
 
 def _model(args: argparse.Namespace) -> tuple[MattingRefine, str]:
     """The "full"-mode model to export and where its weights came from."""
-
     from edge_matte.model import load_model, weights_digest
 
     settings = {

@@ -315,11 +315,10 @@ def _only_line(path: Path, lines: list[str], prefix: str) -> int:
 def _sysusers(source: Path, user: str) -> str:
     """The shipped sysusers.d entry for `user` (u and m lines name it in their second field)."""
     lines = []
-    for line in (source / "edge-matte.sysusers").read_text().splitlines(keepends=True):
-        fields = line.split(" ", 2)
-        if fields[0] in ("u", "m") and len(fields) == 3:
-            line = f"{fields[0]} {user} {fields[2]}"
-        lines.append(line)
+    for shipped in (source / "edge-matte.sysusers").read_text().splitlines(keepends=True):
+        fields = shipped.split(" ", 2)
+        named = fields[0] in ("u", "m") and len(fields) == 3
+        lines.append(f"{fields[0]} {user} {fields[2]}" if named else shipped)
     return "".join(lines)
 
 
@@ -421,7 +420,7 @@ def _set_mode_owner(path: Path, mode: int, owner: Owner) -> None:
     try:
         if _can_chown():
             os.chown(path, owner.uid, owner.gid)
-        os.chmod(path, mode)
+        path.chmod(mode)
     except OSError as err:
         raise EdgeMatteError(f"cannot set owner/mode of {path}: {err.strerror}") from err
 

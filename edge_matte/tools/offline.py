@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,6 +25,9 @@ from edge_matte.output.media import is_video, load_image
 from edge_matte.plate.health import UNUSABLE, mismatch
 from edge_matte.tools.progress import Progress
 from edge_matte.tools.video_out import VideoWriter, check_output
+
+if TYPE_CHECKING:
+    from edge_matte.output.compose import Compositor
 
 # -- edge-matte matte ----------------------------------------------------------------------------
 
@@ -124,7 +128,7 @@ def _engine(args: argparse.Namespace) -> MattingEngine:
     return TorchEngine(config, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _compositor(background: str):
+def _compositor(background: str) -> Compositor:
     from edge_matte.output.compose import Compositor
 
     if background == "blur":

@@ -122,7 +122,7 @@ class Soak:
         config_path = self._write_config(broker[1] if broker else None)
         daemon = _spawn(config_path, notify, self._work / "daemon.log")
         try:
-            return self._soak(daemon, notify, broker is not None)
+            return self._soak(daemon, notify, broker[1] if broker else None)
         finally:
             for process in (daemon, broker[0] if broker else None):
                 if process is not None and process.poll() is None:
@@ -130,13 +130,15 @@ class Soak:
                     process.wait()
             notify.close()
 
-    def _soak(self, daemon: subprocess.Popen, notify: NotifyListener, mqtt: bool) -> int:
+    def _soak(
+        self, daemon: subprocess.Popen[bytes], notify: NotifyListener, broker_port: int | None
+    ) -> int:
         if not notify.ready.wait(READY_S):
             _say(f"FAIL: the daemon did not become ready; see its log:\n{self._log_tail()}")
             return 1
         reader, probe = SystemReader(pid=str(daemon.pid)), SystemReader(pid=str(daemon.pid))
         viewers = Viewers(self._url(), self._args.viewers, self._rng)
-        traffic = MqttTraffic(self._broker_port, self._rng) if mqtt else None
+        traffic = None if broker_port is None else MqttTraffic(broker_port, self._rng)
         loads = [load for load in (viewers, traffic) if load is not None]
         for load in loads:
             load.start()
@@ -333,15 +335,15 @@ class NotifyListener:
         self._sock.close()
 
 
-def _spawn(config_path: Path, notify: NotifyListener, log_path: Path) -> subprocess.Popen:
+def _spawn(config_path: Path, notify: NotifyListener, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     env.pop("WATCHDOG_PID", None)
     command = [sys.executable, "-m", "edge_matte.cli", "run", "--config", str(config_path)]
-    with open(log_path, "wb") as log:
+    with log_path.open("wb") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def _stop_check(daemon: subprocess.Popen, alive: bool) -> Check:
+def _stop_check(daemon: subprocess.Popen[bytes], alive: bool) -> Check:
     """SIGTERM the daemon: it must have lived through the soak and must stop cleanly."""
     if not alive:
         return Check("stop", False, f"the daemon exited by itself with code {daemon.returncode}")
@@ -353,7 +355,7 @@ def _stop_check(daemon: subprocess.Popen, alive: bool) -> Check:
     return Check("stop", code == 0, f"exit code {code} on SIGTERM")
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen, int] | None:
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     """A private Mosquitto on a free loopback port, or None without `mosquitto` on PATH."""
     if shutil.which("mosquitto") is None:
         return None

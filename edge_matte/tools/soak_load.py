@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from edge_matte.control.topics import (
@@ -26,6 +27,9 @@ from edge_matte.control.topics import (
     SNAPSHOT_COMMAND,
     command_topic,
 )
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 STALLED_SHARE = 0.1
 SESSION_S = (1.0, 20.0)  # a viewer stays this long (uniform)
@@ -47,6 +51,8 @@ class RtspViewer:
         self._cseq = 0
         self._session = ""
         self._buffer = b""
+        if parts.port is None:
+            raise ValueError(f"{url}: the soak test's RTSP URLs name their port")
         self._sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
 
     def play(self) -> None:
@@ -251,7 +257,7 @@ class MqttTraffic(Pausable):
                 self.sent += 1
             self._client.publish(f"{self._base}/{topic}", payload, qos=1)
 
-    def _request(self, number: int) -> tuple[str, dict]:
+    def _request(self, number: int) -> tuple[str, dict[str, Any]]:
         """The `number`-th request: live config changes (each persisted) and commands, in turn."""
         colour = f"#{self._rng.randrange(1 << 24):06x}"
         requests = [
@@ -268,7 +274,7 @@ class MqttTraffic(Pausable):
         with self._lock:
             return self.late + len(self._pending)
 
-    def _on_message(self, _client: object, _userdata: object, message: object) -> None:
+    def _on_message(self, _client: object, _userdata: object, message: paho.MQTTMessage) -> None:
         try:
             answer = json.loads(message.payload)
         except ValueError:

@@ -10,6 +10,7 @@ image input with a video name, is refused with a message that says what to use i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -75,6 +76,8 @@ class VideoWriter:
         )
 
     def write(self, image: np.ndarray) -> None:
+        if self._process.stdin is None:  # stdin=PIPE: never, but Popen's type cannot say so
+            raise MediaError("no pipe to ffmpeg")
         try:
             self._process.stdin.write(np.ascontiguousarray(image).tobytes())
         except BrokenPipeError:
@@ -83,10 +86,8 @@ class VideoWriter:
     def close(self) -> None:
         """Finish the file and put it in place; MediaError (and no file) if ffmpeg failed."""
         if self._process.stdin and not self._process.stdin.closed:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self._process.stdin.close()
-            except BrokenPipeError:
-                pass
         error = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
         code = self._process.wait()
         if self._process.stderr:
@@ -95,8 +96,8 @@ class VideoWriter:
             self._tmp.unlink(missing_ok=True)
             raise MediaError(f"encoding {self._path} failed: {' '.join(error.split()) or code}")
         if self._tmp.exists():
-            os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, self._path)
+            self._tmp.chmod(0o644)
+            self._tmp.replace(self._path)
 
     def abort(self) -> None:
         """Stop encoding and leave no file behind (an earlier failure)."""
