@@ -369,6 +369,8 @@ class BackgroundEstimator:
         median = self._median(still)
         quiet = evidence(self._quiet)
         chosen = self._prefer(still, median, quiet, _QUIET_SHARE * count)
+        if not any(person.any() for person in self._people):
+            return chosen, median  # nobody detected: no third median to compute
         unboxed = [
             cv2.bitwise_and(mask, self._grid.expand(1 - person))
             for mask, person in zip(chosen, self._people, strict=True)
