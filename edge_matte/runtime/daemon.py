@@ -72,7 +72,7 @@ class Daemon:
         self._problems: tuple[str, ...] = ()
         self._awaiting_camera = False
         self._problems_lock = threading.Lock()  # not _lock: events arrive during pipeline swaps
-        self.bus.subscribe(self._on_event)  # before the pipeline: its first open may fail
+        self.bus.subscribe(self._on_event)  # before the pipeline: building it may emit
         self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
         _remember_secrets(config)
         self.views = ViewOutputs(config, self.bus.emit, self._view_state)
@@ -89,6 +89,7 @@ class Daemon:
             self._sweep_leftovers()
             self._reapply_camera_controls()
             self.views.start()
+            self._subscribe_control()  # before the camera opens: its first events reach MQTT
             self.pipeline.start()
             self._start_control()
             if self._layers is not None:
@@ -260,14 +261,19 @@ class Daemon:
             self.bus.emit(Event("config.rejected", str(err)))
         self.notifier.ready()
 
-    def _start_control(self) -> None:
+    def _subscribe_control(self) -> None:
+        """Let MQTT hear every event from now on; it keeps them until it has connected."""
         if not self._config.mqtt.enabled:
             return
         from edge_matte.control.mqtt import MqttControl  # paho is only needed with MQTT on
 
         self._control = MqttControl(self._config.mqtt, self)
         self.bus.subscribe(self._control.publish_event)
-        self._control.start()
+
+    def _start_control(self) -> None:
+        """Connect to the broker once the pipeline runs (the first state it publishes is true)."""
+        if self._control is not None:
+            self._control.start()
 
     def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
         return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile, self.views)
