@@ -22,7 +22,8 @@ class BuildPyWithUnits(build_py):
         super().run()
         if not self.editable_mode:
             target = Path(self.build_lib) / "edge_matte" / "tools" / "systemd"
-            shutil.copytree(UNITS, target, dirs_exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)  # a file gone from systemd/ goes here too
+            shutil.copytree(UNITS, target)
 
 
 setup(cmdclass={"build_py": BuildPyWithUnits})
