@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,7 @@ def test_rtsp_camera_killed_and_restarted_recovers_without_restart() -> None:
     events = Recorder()
     config = rtsp_config(camera)
     source = ResilientSource(lambda: open_source(config), config, events)
+    source.start()
     try:
         pump_until(source, lambda frames: len(frames) >= 5)
         assert source.connected and events.kinds() == ["source.connected"]
@@ -271,6 +273,7 @@ def test_resilient_source_starts_without_its_camera() -> None:
     events = Recorder()
     config = rtsp_config(camera)
     source = ResilientSource(lambda: open_source(config), config, events)
+    source.start()
     try:
         pump_until(source, lambda _: "source.lost" in events.kinds())
         assert (source.info.width, source.info.height) == (320, 240)  # the no-signal size
@@ -282,10 +285,36 @@ def test_resilient_source_starts_without_its_camera() -> None:
     assert events.kinds() == ["source.lost", "source.recovered"]  # never connected before
 
 
+def test_resilient_source_opens_nothing_until_started(clips: dict[str, Path]) -> None:
+    """Construction is inert: a listener subscribed after it still hears the first open."""
+    events = Recorder()
+    config = file_config(clips["junk"])
+    opened = threading.Event()
+
+    def opener():
+        opened.set()
+        return open_source(config)
+
+    source = ResilientSource(opener, config, events)
+    try:
+        assert not opened.is_set()
+        assert f"reopen {config.uri}" not in {thread.name for thread in threading.enumerate()}
+        with pytest.raises(SourceTimeout, match="opening"):
+            source.read(0.1)
+        source.start()
+        pump_until(source, lambda _: "source.lost" in events.kinds())
+        with pytest.raises(RuntimeError, match="already started"):
+            source.start()
+    finally:
+        source.close()
+    assert opened.is_set() and events.kinds() == ["source.lost"]
+
+
 def test_resilient_source_passes_a_file_end_through(clips: dict[str, Path]) -> None:
     events = Recorder()
     config = file_config(clips["clip"], loop=False)
     source = ResilientSource(lambda: open_source(config), config, events)
+    source.start()
     try:
         with pytest.raises(SourceEnded):
             pump_until(source, lambda _: False)
@@ -299,6 +328,7 @@ def test_resilient_source_gives_up_on_a_silent_camera_and_reconnects() -> None:
     with CameraServer(free_port()) as camera:
         config = rtsp_config(camera)
         source = ResilientSource(lambda: open_source(config), config, events)
+        source.start()
         try:
             pump_until(source, lambda frames: len(frames) >= 3)
             os.kill(camera.pid, signal.SIGSTOP)  # no error, just silence

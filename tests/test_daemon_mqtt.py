@@ -49,10 +49,10 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield running
 
 
-def with_mqtt(tmp_path: Path, broker: Broker) -> tuple[Path, str]:
+def with_mqtt(tmp_path: Path, broker: Broker, **sections: dict[str, Any]) -> tuple[Path, str]:
     """A daemon config with MQTT on (device `e2e`) and the true plate saved; and its RTSP URL."""
     mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "device_id": "e2e"}
-    return prepared(tmp_path, mqtt=mqtt)
+    return prepared(tmp_path, mqtt=mqtt, **sections)
 
 
 def online(broker: Broker) -> None:
@@ -103,6 +103,17 @@ def test_config_set_is_live_persisted_and_survives_a_restart(
             assert state(broker)["compose_mode"] == "blur"
             blurred = read_frames(url, 2)
             assert mean_error(blurred, truth.background_mask, rgb_hex_to_bgr(GREEN)) > 50
+
+
+def test_the_first_open_of_the_camera_is_reported_over_mqtt(tmp_path: Path, broker: Broker) -> None:
+    """Building the daemon opens nothing, so the camera's first open is an event on MQTT too
+    (it used to fail while the daemon was built, before MQTT listened: only the state told)."""
+    device = tmp_path / "video0"  # never created: the USB camera is unplugged
+    path, _ = with_mqtt(tmp_path, broker, source={"uri": f"v4l2://{device}", "ready_wait_s": 0})
+    with Probe(broker, f"{BASE}/events") as probe, start_daemon(path):
+        lost = probe.wait_for(f"{BASE}/events", lambda m: m.json()["kind"] == "source.lost")
+        assert "does not exist" in lost.json()["message"]
+        assert state(broker)["source_connected"] is False
 
 
 def test_snapshot_is_a_jpeg_of_the_composite_and_restart_comes_back(

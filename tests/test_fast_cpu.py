@@ -15,20 +15,18 @@ from model_builders import random_model
 from torch import nn
 
 from edge_matte.config.schema import MattingConfig
-from edge_matte.engine.fast_cpu import (
-    _NEAREST_ROWS,
-    FastCpuEngine,
-    WindowRefiner,
-    _depth_to_space,
-    _gather,
-    _phase_weights,
-    _space_to_depth_weights,
-    channels_last_base,
-    optimize_for_cpu,
-)
+from edge_matte.engine.fast_cpu import FastCpuEngine, channels_last_base, optimize_for_cpu
 from edge_matte.engine.torch_engine import TorchEngine
 from edge_matte.errors import EngineError
 from edge_matte.model.fuse import fold_batchnorm, fold_conv_bn
+from edge_matte.model.phase_conv import (
+    NEAREST_ROWS,
+    depth_to_space,
+    gather,
+    phase_weights,
+    space_to_depth_weights,
+)
+from edge_matte.model.window_refiner import WindowRefiner
 
 TOLERANCE = 1e-4
 
@@ -213,7 +211,7 @@ def test_phase_weights_fold_the_upsample_into_the_convolution():
     weight = torch.randn(24, 36, 3, 3, generator=gen)
     upsampled = nn.functional.interpolate(window, scale_factor=2.0, mode="bilinear")
     expected = nn.functional.conv2d(upsampled[:, :, 1:-1, 1:-1], weight)
-    actual = _depth_to_space(nn.functional.conv2d(window, _phase_weights(weight)), 24)
+    actual = depth_to_space(nn.functional.conv2d(window, phase_weights(weight)), 24)
     assert_same_convolution(actual, expected, (5, 24, 10, 14))
 
 
@@ -223,7 +221,7 @@ def test_nearest_phase_weights_fold_the_upsample_into_the_convolution():
     x = torch.randn(5, 16, 4, 6, generator=gen)
     weight = torch.randn(12, 16, 3, 3, generator=gen)
     expected = nn.functional.conv2d(nn.functional.interpolate(x, scale_factor=2.0), weight)
-    actual = _depth_to_space(nn.functional.conv2d(x, _phase_weights(weight, _NEAREST_ROWS)), 12)
+    actual = depth_to_space(nn.functional.conv2d(x, phase_weights(weight, NEAREST_ROWS)), 12)
     assert_same_convolution(actual, expected, (5, 12, 6, 10))
 
 
@@ -234,8 +232,8 @@ def test_space_to_depth_weights_give_the_full_resolution_convolution():
     weight = torch.randn(12, 6, 3, 3, generator=gen)
     expected = nn.functional.conv2d(y, weight)
     depth = space_to_depth(y)
-    phases = nn.functional.conv2d(depth, _space_to_depth_weights(weight))
-    actual = _depth_to_space(phases, 12)
+    phases = nn.functional.conv2d(depth, space_to_depth_weights(weight))
+    actual = depth_to_space(phases, 12)
     assert_same_convolution(actual, expected, (5, 12, 6, 10))
 
 
@@ -247,7 +245,7 @@ def space_to_depth(x: torch.Tensor) -> torch.Tensor:
         torch.zeros(batch, dtype=torch.long),
         torch.zeros(batch, dtype=torch.long),
     )
-    return _gather(x.permute(0, 2, 3, 1), corners, 1, (height, width), block=2)
+    return gather(x.permute(0, 2, 3, 1), corners, 1, (height, width), block=2)
 
 
 def test_depth_to_space_inverts_the_block_gather():
@@ -255,13 +253,13 @@ def test_depth_to_space_inverts_the_block_gather():
     depth = space_to_depth(x)
     assert depth.shape == (2, 12, 2, 3)
     assert depth[0, :, 0, 0].tolist() == [0, 24, 48, 1, 25, 49, 6, 30, 54, 7, 31, 55]
-    assert torch.equal(_depth_to_space(depth, 3), x)
+    assert torch.equal(depth_to_space(depth, 3), x)
 
 
 def test_gather_cuts_windows_at_their_corners():
     x = torch.arange(2 * 5 * 7 * 3, dtype=torch.float32).reshape(2, 5, 7, 3)
     corners = (torch.tensor([1, 0]), torch.tensor([1, 0]), torch.tensor([2, 1]))
-    windows = _gather(x, corners, 2, (2, 3))
+    windows = gather(x, corners, 2, (2, 3))
     assert windows.shape == (2, 3, 2, 3)
     assert torch.equal(windows[0], x[1, 2:4, 4:7].permute(2, 0, 1))
     assert torch.equal(windows[1], x[0, 0:2, 2:5].permute(2, 0, 1))

@@ -133,8 +133,8 @@ def test_corrupt_file_shows_no_signal_until_it_is_replaced(tmp_path: Path, clip:
     video.write_bytes(np.random.default_rng(0).bytes(20_000))  # not a video at all
     daemon = Daemon(small_config(tmp_path, f"file://{video}", source=RECONNECT))
     with running(daemon) as log:
-        # The first open may fail before `running` subscribes the log: the state says it.
-        assert wait_until(lambda: daemon.state()["problem"] is not None, LOST_WITHIN_S)
+        lost = log.wait_for("source.lost", timeout=LOST_WITHIN_S)  # the first open's failure
+        assert "cannot open" in lost.message
         assert "cannot open" in daemon.state()["problem"]
         assert_no_signal(daemon)
         replacement = tmp_path / "camera.mp4.new"
@@ -150,11 +150,9 @@ def test_missing_v4l2_device_shows_no_signal_and_keeps_retrying(
     caplog.set_level(logging.INFO, logger=RESILIENT_LOGGER)
     device = tmp_path / "video0"  # never created: the USB camera is unplugged
     daemon = Daemon(small_config(tmp_path, f"v4l2://{device}", source=RECONNECT))
-    # The first open fails while the daemon is built, before a listener can subscribe, so the
-    # state (not the event) is what says the camera is gone.
-    with running(daemon):
-        assert wait_until(lambda: daemon.state()["source_connected"] is False, 3 * LOST_WITHIN_S)
-        assert "does not exist" in (daemon.pipeline.source.last_error or "")
+    with running(daemon) as log:
+        lost = log.wait_for("source.lost", timeout=LOST_WITHIN_S)  # the first open's failure
+        assert "does not exist" in lost.message
         assert_no_signal(daemon)
         times = wait_until(
             lambda: attempt_times(caplog)[:7] if reopen_attempts(caplog) >= 7 else None,

@@ -126,6 +126,7 @@ def test_a_looping_file_with_a_lying_header_is_never_a_lost_camera(sparse: Path)
     events = Recorder()
     config = file_config(sparse, width=160, height=120, loop=True)
     source = ResilientSource(lambda: open_source(config), config, events)
+    source.start()
     try:
         frames = pump_until(source, lambda got: got and got[-1].index >= 3 * SPARSE_FRAMES)
     finally:
@@ -184,6 +185,7 @@ def test_tree_avi_loops_live_without_a_lost_camera() -> None:
     events = Recorder()
     config = file_config(clip_path("tree.avi"), loop=True)
     source = ResilientSource(lambda: open_source(config), config, events)
+    source.start()
     try:
         frames = pump_until(source, lambda got: got and got[-1].index >= 68 + 5, timeout=90)
     finally:

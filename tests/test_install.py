@@ -9,6 +9,9 @@ import argparse
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 EXEC = Path("/usr/local/bin/edge-matte")
+CHECKOUT = Path(__file__).resolve().parents[1]
+BUILT_FROM = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "edge_matte", "systemd")
 AS_ROOT = os.geteuid() == 0
 
 
@@ -333,3 +338,84 @@ def test_an_install_under_opt_is_accepted(root: Path) -> None:
     actions = install.install(root, exec_path=path, start=False, code_dir=code)
     assert f"ExecStart={path} run" in (root / "etc/systemd/system/edge-matte.service").read_text()
     assert not any(line.startswith("warning") for line in actions)
+
+
+def _wheel_venv(tmp_path: Path) -> Path:
+    """A fresh venv holding only a wheel built from a copy of the checkout (its dependencies
+    are this test run's, through a .pth file); its bin directory."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in BUILT_FROM:
+        if (CHECKOUT / name).is_dir():
+            shutil.copytree(
+                CHECKOUT / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy2(CHECKOUT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--no-input"]
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [
+            *pip,
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            *map(str, wheels.glob("*.whl")),
+        ],
+        check=True,
+    )
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (Path(site.stdout.strip()) / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return venv / "bin"
+
+
+def test_an_installed_wheel_carries_its_units(tmp_path: Path, root: Path) -> None:
+    """`install-service` from a wheel, far from any checkout: the units come inside the package."""
+    bin_dir = _wheel_venv(tmp_path)
+    found = subprocess.run(
+        [
+            bin_dir / "python",
+            "-c",
+            "from edge_matte.tools import install; print(install.shipped_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    shipped = Path(found.stdout.strip())
+    assert shipped.is_relative_to(tmp_path / "venv")  # not the checkout's systemd/
+    for unit in (CHECKOUT / "systemd").iterdir():
+        assert (shipped / unit.name).read_bytes() == unit.read_bytes(), unit.name
+    done = subprocess.run(
+        [bin_dir / "edge-matte", "install-service", "--root", root, "--exec", EXEC, "--no-start"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (root / "etc/systemd/system/edge-matte.service").is_file()

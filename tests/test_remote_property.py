@@ -118,13 +118,13 @@ def test_a_change_is_saved_before_the_pipeline_restarts(
     path, config = operator_file(tmp_path)
     daemon = Daemon(config, path)
     seen_on_disk: list[Any] = []
-    restart = daemon._restart_pipeline
+    restart = daemon.restart_pipeline
 
     def observed(new: Config, profile: Any) -> None:
         seen_on_disk.append(overrides.load(path).effective.source.fps)
         restart(new, profile)
 
-    monkeypatch.setattr(daemon, "_restart_pipeline", observed)
+    monkeypatch.setattr(daemon, "restart_pipeline", observed)
     with running(daemon):
         answer = handlers.dispatch(daemon, "config/set", b'{"source": {"fps": 12}}')
         assert answer is not None and answer.result["ok"] is True, answer

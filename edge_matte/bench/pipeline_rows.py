@@ -1,26 +1,10 @@
 """Pipeline rows: the daemon's whole pipeline against its own engine alone, in the same run.
 
-For each size the daemon's `Pipeline` runs on `test://` with a subject always in view (every
-frame active, none idle) and a plate loaded from the start, serving RTSP to a real ffmpeg client
-(`-c copy`: it receives the stream without decoding, so it takes little of the CPU it shares).
-It runs in ROUNDS windows, and before the first and after each the pipeline's own engine (an
-`EngineChain` of the same config: the default CPU engine, `torch-cpu+fast` with subject regions,
-or `torch-cuda` where CUDA is) mattes the same scene's frames alone. A window's model-only fps is
-the mean of the runs on either side of it, so a machine whose speed drifts (a shared VM: 10-20%
-within a minute) moves both sides alike; the row is the window with the median ratio, and
-every window's ratio is in its notes. The source runs at 1.5x the first model-only rate, capped
-at 30 fps:
-fast enough that the matte stage never waits for a frame, not so fast that capture spends the
-CPU rendering frames the matte stage would drop anyway.
-
-The engine is built from the daemon's config, so it refines as the daemon does: unlike the
-model rows, sampling mode skips patches whose error is 0 (`refine_prevent_oversampling`, not a
-config setting), which with random weights leaves it fewer patches than the model rows refine.
-Compare a pipeline row with its own model-only figures, not with the model rows.
-
-The row's fps is frames published over its measuring window (telemetry's output counter);
-its median and p95 ms are the capture-to-publish latency of the last frames (telemetry keeps
-percentiles only, so no min); CPU % and peak RSS are the whole process's over the window.
+The daemon's `Pipeline` serves `test://` (a subject always in view, the true plate loaded) to a
+real ffmpeg client in ROUNDS windows, each between two model-only runs of the same config's
+`EngineChain` on the same scene; a window's ratio is its published fps over the mean of the
+model-only runs around it (a drifting VM moves both alike), and the row is the median window.
+The method in full: docs/performance.md, "Pipeline vs model-only".
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ jetson-utils' RTSP input never reconnects by itself (jetson-utils #148, #43); a 
 The consumer keeps calling `read`; while the camera is away it gets SourceTimeout promptly
 (never a hang), sees `connected` False and shows a no-signal frame. Opening can block (an RTSP
 open waits for its timeout), so reopening runs in a background thread, one attempt at a time.
+Nothing is opened until `start`: whoever listens to its events subscribes first.
 Only SourceEnded (a file without `loop`) is passed through: the end of a file is not a fault.
 """
 
@@ -50,6 +51,11 @@ class ResilientSource:
         self.connected = False
         self.reconnects = 0
         self.last_error: str | None = None
+
+    def start(self) -> None:
+        """Open the camera in the background (its events go to `emit` from now on); once only."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self._label} is already started")
         self._start_reopening(stale=None)
 
     @property

@@ -1,10 +1,9 @@
 """CUDA graphs over static-shape pieces, eager wherever a graph cannot be captured.
 
 BackgroundMattingV2 at HD is launch-bound on a GPU: its ~150 small kernels cost more in launch
-overhead than in compute (on an H200 the base network at 1080p took 1.18 ms as a CUDA graph and
-5.1 ms eager), and a Jetson's CPU launches several times slower than an x86 core. A graph
-replays all of a piece's kernels with one launch, but only for the exact input shapes, dtype
-and device it was captured with, and only on CUDA.
+overhead than in compute (docs/performance.md, "GPU without TensorRT"), and a Jetson's CPU
+launches several times slower than an x86 core. A graph replays all of a piece's kernels with one
+launch, but only for the exact input shapes, dtype and device it was captured with.
 
 `StaticGraph(fn)` is a drop-in for `fn`: on CUDA tensors it captures `fn` once per input
 signature (after warm-up runs on a side stream, as torch requires) and then copies each call's

@@ -2,41 +2,11 @@
 
 With a plate, a pixel can only be foreground where the frame differs from the plate (someone is
 there) or where the subject was a frame ago (a part of them that matches the plate's colour).
-`RegionEngine` crops one rectangle around both, grown by a margin, runs the inner engine on the
-crop and pastes the result into an all-zero alpha (foreground = the frame outside). For a
-subject whose box covers a quarter of the frame the base network then runs on a third of it or
-more; the refiner refines as many patches as on the whole frame (README, Performance).
-
-How close the crop's alpha is to the whole frame's, and why it is not equal:
-
-* Crop corners sit on multiples of 16 / backbone_scale frame pixels (64 at the HD default 1/4):
-  the base network sees the crop resized by backbone_scale and its encoder works on a grid of 16
-  base pixels, so an aligned crop samples every stage at the whole frame's positions.
-* Along the crop's edges the convolutions see zero padding instead of the room. Measured with
-  random weights at 720p, the outer 4 px differ by ~10/255 on average, 4-8 px by ~1.4/255, beyond
-  16 px by < 0.5/255. So a guard band of 4 / backbone_scale px (16 at 1/4) inside the crop's
-  edges (not the frame's) is set to alpha 0: it lies in the margin, where nothing differs from
-  the plate, and zeroing it also keeps edge artefacts from growing next frame's region.
-* The margin (32 px by default) is that guard band plus 16 px of context, and the alignment
-  adds 0-63 px more per side. Measured in thresholding mode with random weights on the
-  benchmark's scenes (720p and 1080p, 10-50% coverage), within 16 px of the subject the crop's
-  alpha differs from the whole frame's by 0.005-0.022/255 on average with a 64 px margin or 32
-  (single pixels: at most 1.2/255 and 4.4/255); at 16 px (no context beyond the guard band) up
-  to 52/255, where the guard band cut into the subject's soft edge. 64 px cost up to a third
-  more crop area at 1080p for no better mean.
-* Beyond that the receptive field still reaches past the crop (ASPP's dilations span +-576
-  frame px at 1/4 and its pooling branch the whole input); measured < 0.2/255 far from the edge.
-* In sampling mode the refiner picks its top-k error patches among the crop's instead of the
-  frame's, so the crop refines every patch the frame would (same errors) plus others the frame
-  left coarse. With random weights, whose error map is noise-like, that moves alpha by ~10/255
-  inside the crop; with trained weights the errors sit on the subject's edges, inside the crop.
-  Thresholding and full modes select locally and do not have this difference.
-* Outside the crop alpha is 0 by assumption (the frame matches the plate there), as for the
-  pipeline's idle skip; a network that puts alpha on unchanged background differs there.
-
-What the region is not: one rectangle (two subjects far apart get one box spanning both), and
-anything that changed anywhere (a flickering screen) grows it. When the box would cover most of
-the frame the whole frame runs instead, which is exact and keeps the input shape stable.
+`RegionEngine` crops one rectangle around both, grown by a margin and aligned to the base
+network's grid, runs the inner engine on the crop and pastes the result into an all-zero alpha
+(foreground = the frame outside); a guard band inside the crop's edges, where convolutions saw
+zero padding, is set to 0. When the box would cover most of the frame the whole frame runs.
+How close the crop's alpha is to the whole frame's, measured: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,40 +1,16 @@
 """BackgroundMattingV2 with TensorRT FP16 engines (torch2trt) for its two static pieces ("trt-fp16").
 
 TensorRT takes static shapes only and cannot express the refiner's data-dependent steps (top-k
-over 5,000 patches exceeds its k <= 3840; `nonzero` has no fixed size). So only the static
-pieces become engines: the base network (`BaseNetwork`, one frame at backbone scale) and the
-refiner's convolutions (`PatchRefiner`) on a fixed number of patches (`FixedCountConvs` pads or
-chunks the selected ones), or on the whole image in "full" mode. Resizing, patch selection,
-cropping and scattering run in torch on the GPU (`MattingRefine.forward_with`); the frame
-handling (padding, colour order) is `TorchEngine`'s, reused by overriding `infer`.
+over 5,000 patches exceeds its k <= 3840; `nonzero` has no fixed size). So only the base network
+(`BaseNetwork`) and the refiner's convolutions on a fixed number of patches (`PatchRefiner`,
+`FixedCountConvs`) become engines; resizing, patch selection, cropping and scattering run in torch
+on the GPU (`MattingRefine.forward_with`), the frame handling is `TorchEngine`'s.
 
-Engines are built for the padded frame size on first use (or `prepare`), checked against torch
-on fresh random inputs (not the build's examples: torch2trt bakes an op it cannot convert into
-a constant computed from those, which then matches them exactly), and kept in the `EngineCache`
-keyed by the weights' digest, the piece's shapes, the precision, the TensorRT version and the
-GPU name, so a restart loads them in seconds. While building (minutes on a Jetson) systemd's
-start timeout is extended and its watchdog kept alive (`Notifier.extending`), and the progress
-is logged and shown as the unit's STATUS. Any failure of a build raises EngineError, and the
-engine chain falls back to torch; the failure is remembered in the cache, so later starts fall
-back at once instead of repeating a build of minutes, until the weights, TensorRT or the GPU
-change or `edge-matte run --rebuild` forgets it.
-
-Host <-> device copies that remain on a Jetson, per frame (the pipeline's boundary is numpy BGR,
-`Frame.image` in and `Matte` out):
-1. Upload of the frame: `TorchEngine.matte` -> `_load_rgb` copies the H x W x 3 uint8 array to
-   the GPU (`torch.from_numpy(...).to(device)`); the RGB/float conversion and padding run there.
-   The capture stage already made that array from jetson-utils' `cudaImage` with one copy
-   (`cudaToNumpy` view + RGB->BGR, see `capture/jetson_source.py`).
-2. Upload of the plate, the same way, only when it changes (an immutable plate's tensor is kept).
-3. Download of alpha: H x W float32 (`.cpu()` in `matte`).
-4. Download of the foreground: H x W x 3 uint8 BGR (`_to_bgr_uint8`).
-Besides these, `nonzero` in patch selection (sampling and thresholding) waits for the GPU to
-learn the patch count, which `FixedCountConvs` needs on the host; top-k itself stays on the GPU.
-On a Jetson host and GPU share DRAM, so these are memory copies, not PCIe transfers. Removing
-them needs device tensors at the boundary: `torch.as_tensor(cuda_image, device="cuda")` wraps a
-`cudaImage` through `__cuda_array_interface__` without a copy (copy it out of the capture ring
-buffer on the GPU), `infer` takes it directly, and the compositor and output would take
-`pha`/`fgr` tensors (a `cudaImage` can wrap them the same way); the plate would stay on the GPU.
+Engines are built on first use (minutes on a Jetson, with systemd's start timeout extended and
+its watchdog fed: `Notifier.extending`), checked against torch on fresh random inputs (torch2trt
+bakes an op it cannot convert into a constant from the build's examples), and kept in the
+`EngineCache` with failed builds remembered, so a restart loads them in seconds or falls back to
+torch at once. The host <-> device copies left per frame: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,18 @@
 """The daemon: runs the pipeline, answers control requests, talks to systemd.
 
 `Daemon` is the one implementation of `control.api.ControlApi`: MQTT (and the tests) change
-settings and issue commands only through it. Remote settings are checked against what a remote
-controller may change (`edge_matte.control.remote`), validated, saved atomically to the overrides file
-(`edge_matte.control.overrides`; the operator's config file is never written) and then applied (live
-where the stage allows it, else by restarting the pipeline): a crash during the restart keeps
-the change, and a failure leaves the running pipeline and the saved overrides as they were.
+settings and issue commands only through it. How a config change is checked, saved and applied
+lives in `runtime.reconfigure`; uploaded backgrounds in `runtime.uploads`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import cv2
 
@@ -25,18 +20,17 @@ from edge_matte import __version__, atomic
 from edge_matte.capture.v4l2_controls import apply_controls, v4l2_device
 from edge_matte.config import profile as profile_mod
 from edge_matte.config import redact
-from edge_matte.config import schema as config_mod
 from edge_matte.config.schema import Config
-from edge_matte.control import overrides, remote, topics
-from edge_matte.errors import EdgeMatteError, MediaError, StorageError
+from edge_matte.control import overrides, topics
+from edge_matte.errors import EdgeMatteError
 from edge_matte.events import Event, EventBus
-from edge_matte.output.media import resolve_asset
 from edge_matte.output.views import ViewOutputs
 from edge_matte.plate import store as plate_store
 from edge_matte.runtime import memory, uploads
-from edge_matte.runtime.checks import preflight, problems
+from edge_matte.runtime.checks import preflight
 from edge_matte.runtime.notify import Heartbeat, Notifier
 from edge_matte.runtime.pipeline import Pipeline
+from edge_matte.runtime.reconfigure import Reconfigurer, remember_secrets
 from edge_matte.runtime.telemetry import system_readings
 
 if TYPE_CHECKING:
@@ -45,8 +39,6 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 
 STAGES = ("capture", "matte", "output")
-LIVE_SECTIONS = {"compose", "mqtt", "log_level", "display", "http"}  # the pipeline untouched
-LIVE_FIELDS = {"plate": {"until_ready"}}  # fields of other sections that are applied live too
 FIRST_FRAME_TIMEOUT_S = 120.0
 CAMERA_WAIT_EXTEND_S = 10.0  # EXTEND_TIMEOUT_USEC step while READY waits for the camera
 TRIM_INTERVAL_S = 60.0  # see edge_matte.runtime.memory
@@ -62,11 +54,7 @@ class Daemon:
         notifier: Notifier | None = None,
         layers: overrides.Layers | None = None,
     ) -> None:
-        self._config = config
-        self._config_path = config_path
         self._layers = layers  # how `config` was loaded; its news is told once control is up
-        self._operator = layers.operator if layers else config  # the operator's file alone
-        self._lock = threading.RLock()  # serialises config changes and pipeline swaps
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
@@ -75,13 +63,15 @@ class Daemon:
         self.heartbeat = Heartbeat(self.notifier, STAGES, self._status_line)
         self._problems: tuple[str, ...] = ()
         self._awaiting_camera = False
-        self._problems_lock = threading.Lock()  # not _lock: events arrive during pipeline swaps
-        self.bus.subscribe(self._on_event)  # before the pipeline: its first open may fail
-        self._profile = preflight(config)  # ConfigError (exit 2) before anything starts
-        _remember_secrets(config)
+        self._problems_lock = threading.Lock()  # not the settings' lock: events arrive during swaps
+        self.bus.subscribe(self._on_event)  # before the pipeline: building it may emit
+        profile = preflight(config)  # ConfigError (exit 2) before anything starts
+        remember_secrets(config)
+        operator = layers.operator if layers else config
+        self._settings = Reconfigurer(config, profile, config_path, operator, self.bus.emit, self)
         self.views = ViewOutputs(config, self.bus.emit, self._view_state)
         self.bus.subscribe(self.views.remember)
-        self.pipeline = self._new_pipeline(config, self._profile)
+        self.pipeline = self._new_pipeline(config, profile)
         self._control: MqttControl | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -93,10 +83,11 @@ class Daemon:
             self._sweep_leftovers()
             self._reapply_camera_controls()
             self.views.start()
+            self._subscribe_control()  # before the camera opens: its first events reach MQTT
             self.pipeline.start()
             self._start_control()
             if self._layers is not None:
-                self.settle_overrides(self._layers)  # config.file_wins reaches MQTT too
+                self._settings.settle(self._layers)  # config.file_wins reaches MQTT too
             if not self._await_first_output():
                 return 1
             self._await_camera()
@@ -126,7 +117,7 @@ class Daemon:
         self.views.close()
 
     def urls(self) -> list[str]:
-        stream = self._config.stream
+        stream = self.config().stream
         if not stream.enabled:
             return []
         host = "localhost" if stream.bind in ("0.0.0.0", "::") else stream.bind
@@ -141,20 +132,22 @@ class Daemon:
 
     def _sweep_leftovers(self) -> None:
         """Remove temp files of writes cut short by a kill -9 (the old files are intact)."""
-        plate = self._config.resolved_plate_path()
+        plate = self.config().resolved_plate_path()
         written = [plate, plate_store.sidecar(plate)]
-        if self._config_path is not None:
-            written.append(overrides.path_for(self._operator))
+        saved = self._settings.overrides_path()
+        if saved is not None:
+            written.append(saved)
         for path in written:
             for leftover in atomic.sweep_leftovers(path):
                 _LOG.warning("removed %s, left by a write that was interrupted", leftover)
 
     def _reapply_camera_controls(self) -> None:
         """Lock the camera as calibration left it (V4L2 only; Argus settings come from the URI)."""
-        device = v4l2_device(self._config.source.uri)
-        if device is None or self._profile is None or not self._profile.controls:
+        device = v4l2_device(self.config().source.uri)
+        profile = self._settings.profile
+        if device is None or profile is None or not profile.controls:
             return
-        refused = apply_controls(device, self._profile.controls)
+        refused = apply_controls(device, profile.controls)
         if refused:
             self.bus.emit(
                 Event(
@@ -193,14 +186,14 @@ class Daemon:
             self._awaiting_camera = False
 
     def _wait_for_camera(self, pipeline: Pipeline) -> None:
-        deadline = time.monotonic() + self._config.source.ready_wait_s
+        deadline = time.monotonic() + self.config().source.ready_wait_s
         period = min(self.heartbeat.period_s, CAMERA_WAIT_EXTEND_S / 2)
         while not self._stop.is_set() and not pipeline.first_camera_output.is_set():
             if time.monotonic() >= deadline:
                 self._check_problems()
                 _LOG.warning(
                     "no camera frame within source.ready_wait_s (%g s): ready anyway, serving NO SIGNAL",
-                    self._config.source.ready_wait_s,
+                    self.config().source.ready_wait_s,
                 )
                 return
             self.notifier.extend_timeout(CAMERA_WAIT_EXTEND_S)
@@ -244,39 +237,33 @@ class Daemon:
                 return 1
             if self._reload.is_set():
                 self._reload.clear()
-                self._reload_file()
+                self.notifier.reloading()
+                self._settings.reload()
+                self.notifier.ready()
         return 0
 
     def _viewers(self) -> int:
         stream = self.pipeline.stream
         return stream.client_count() if stream is not None else 0
 
-    def _reload_file(self) -> None:
-        """SIGHUP: re-read the config file and the overrides and apply them."""
-        self.notifier.reloading()
-        try:
-            layers = overrides.load(self._config_path, problems)
-            self._apply(layers.effective, persist=False, trusted=True, operator=layers.operator)
-            self.settle_overrides(layers)
-            _LOG.info("config reloaded from %s", self._config_path)
-        except EdgeMatteError as err:
-            _LOG.error("reload refused, keeping the running config: %s", err)
-            self.bus.emit(Event("config.rejected", str(err)))
-        self.notifier.ready()
-
-    def _start_control(self) -> None:
-        if not self._config.mqtt.enabled:
+    def _subscribe_control(self) -> None:
+        """Let MQTT hear every event from now on; it keeps them until it has connected."""
+        if not self.config().mqtt.enabled:
             return
         from edge_matte.control.mqtt import MqttControl  # paho is only needed with MQTT on
 
-        control = self._control = MqttControl(self._config.mqtt, self)
+        control = self._control = MqttControl(self.config().mqtt, self)
         self.bus.subscribe(control.publish_event)
-        control.start()
+
+    def _start_control(self) -> None:
+        """Connect to the broker once the pipeline runs (the first state it publishes is true)."""
+        if self._control is not None:
+            self._control.start()
 
     def _new_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
         return Pipeline(config, self.bus.emit, self.heartbeat.beat, profile, self.views)
 
-    def _restart_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> None:
+    def restart_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> None:
         """Replace the pipeline (source, engine, plate, stream) with one built from `config`.
 
         If the new one cannot be built or started (weights refused, port taken), the running
@@ -287,9 +274,8 @@ class Daemon:
             self.pipeline = self._start_pipeline(config, profile)
         except EdgeMatteError as err:
             _LOG.error("new pipeline failed (%s); restarting the previous one", err)
-            self.pipeline = self._start_pipeline(self._config, self._profile)
+            self.pipeline = self._start_pipeline(self._settings.config, self._settings.profile)
             raise
-        self._profile = profile
 
     def _start_pipeline(self, config: Config, profile: profile_mod.Profile | None) -> Pipeline:
         pipeline = self._new_pipeline(config, profile)
@@ -303,7 +289,7 @@ class Daemon:
     # -- ControlApi ------------------------------------------------------------------------------
 
     def config(self) -> Config:
-        return self._config
+        return self._settings.config
 
     def state(self) -> dict[str, Any]:
         pipe = self.pipeline
@@ -316,7 +302,7 @@ class Daemon:
             else ("running" if pipe.first_output.is_set() else "starting"),
             "engine": pipe.engine.name,
             "degraded": pipe.engine.degraded,
-            "source": redact.mask_uri(self._config.source.uri),
+            "source": redact.mask_uri(self.config().source.uri),
             "source_connected": pipe.source.connected,
             "resolution": list(pipe.size),
             "plate": plate.get("state"),
@@ -327,8 +313,8 @@ class Daemon:
             "plate_known_fraction": plate.get("known_fraction"),
             "plate_waiting_for": plate.get("waiting_for"),
             "plate_people_evidence": plate.get("people_evidence"),
-            "compose_mode": self._config.compose.mode,
-            "config_hash": self._config.digest(),
+            "compose_mode": self.config().compose.mode,
+            "config_hash": self.config().digest(),
             "version": __version__,
             "urls": self.urls(),
         }
@@ -342,7 +328,7 @@ class Daemon:
         }
 
     def apply_config(self, config: Config) -> None:
-        self._apply(config, persist=True, trusted=False)
+        self._settings.apply(config, persist=True, trusted=False)
 
     def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         plate = self.pipeline.plate
@@ -356,10 +342,11 @@ class Daemon:
             actions[name]()
             return {"plate": plate.status()}
         if name == topics.BACKGROUND_SET:
-            return self._set_background(args)
+            background, patched = uploads.background_change(args, self.config())
+            self.apply_config(patched)
+            return {"background": background}
         if name == topics.RESTART:
-            with self._lock:
-                self._restart_pipeline(self._config, self._profile)
+            self._settings.restart()
             return {"restarted": True}
         raise EdgeMatteError(f"unknown command {name!r}")
 
@@ -372,115 +359,22 @@ class Daemon:
             raise EdgeMatteError("JPEG encoding failed")
         return data.tobytes()
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- reconfigure.Target ----------------------------------------------------------------------
 
-    def settle_overrides(self, layers: overrides.Layers) -> None:
-        """Tell about overrides the operator's file won over, and save the overrides without
-        them (so the event is said once)."""
-        if not layers.dropped:
-            return
-        self.bus.emit(
-            Event(
-                "config.file_wins",
-                f"overrides not applied: {'; '.join(config_mod.capped(layers.dropped, 5))}",
-                {"dropped": config_mod.capped(layers.dropped)},
-            )
-        )
-        if layers.path is not None:
-            try:
-                overrides.save(layers.operator, layers.effective, layers.path)
-            except StorageError as err:
-                _LOG.error("cannot rewrite the overrides file: %s", err)
-
-    def _apply(
-        self, new: Config, persist: bool, trusted: bool, operator: Config | None = None
-    ) -> None:
-        """Apply `new`; on any failure the running state and the saved overrides stay as they were.
-
-        `trusted` is True only for the operator's own file (SIGHUP, with its `operator` config):
-        remote patches may change only remote keys and name assets inside the media directory.
-        A remote change is saved before it is applied, so a kill during a restart keeps it.
-        """
-        with self._lock:
-            old = self._config
-            changed = {key for key in Config.model_fields if getattr(old, key) != getattr(new, key)}
-            if not changed:
-                self._operator = operator or self._operator
-                return
-            if not trusted:
-                remote.refuse(old, new)
-            _remember_secrets(new)  # before anything logs the new settings
-            live = _live(old, new, changed)
-            profile = self._profile if live else preflight(new)  # ConfigError: nothing changed
-            if persist:
-                self._save_overrides(new, changed)
-            try:
-                if live:
-                    self._apply_live(new, trusted)  # MediaError keeps the old
-                else:
-                    self._restart_pipeline(new, profile)
-                self.views.apply(new)  # EdgeMatteError (HTTP port taken): the old view stays
-            except EdgeMatteError:
-                if persist:
-                    self._unsave_overrides(old, changed)
-                raise
-            self._config = new
-            self._operator = operator or self._operator
-            if "mqtt" in changed and self._control is not None:
-                self._control.reconfigure(new.mqtt)
-        self.bus.emit(
-            Event(
-                "config.applied",
-                f"changed: {', '.join(sorted(changed))}",
-                {"sections": sorted(changed), "hash": new.digest()},
-            )
-        )
-
-    def _apply_live(self, new: Config, trusted: bool) -> None:
+    def apply_live(self, config: Config, trusted: bool) -> None:
         """Apply settings the running pipeline takes without a restart."""
-        self.pipeline.compositor.update(new.compose, allow_absolute=trusted)
-        self.pipeline.until_ready = new.plate.until_ready
-        logging.getLogger().setLevel(new.log_level)
+        self.pipeline.compositor.update(config.compose, allow_absolute=trusted)
+        self.pipeline.until_ready = config.plate.until_ready
+        logging.getLogger().setLevel(config.log_level)
 
-    def _save_overrides(self, config: Config, changed: set[str]) -> None:
-        """Save how `config` differs from the operator's file; StorageError changes nothing."""
-        if self._config_path is None:
-            return  # no operator file: changes live until the process ends
-        path = overrides.path_for(self._operator)
-        try:
-            overrides.save(self._operator, config, path)
-        except StorageError as err:
-            self.bus.emit(
-                Event(
-                    "config.save_failed",
-                    f"config change undone, it could not be saved: {err}",
-                    {"path": str(path), "sections": sorted(changed)},
-                )
-            )
-            raise
+    def apply_views(self, config: Config) -> None:
+        self.views.apply(config)
 
-    def _unsave_overrides(self, old: Config, changed: set[str]) -> None:
-        """The change did not happen: save the overrides as they were (the apply's error is
-        the one to report, so a failure here is only logged)."""
-        try:
-            self._save_overrides(old, changed)
-        except StorageError as err:
-            _LOG.error("cannot restore the overrides after a failed change: %s", err)
+    def adopt(self, config: Config, changed: set[str]) -> None:
+        if "mqtt" in changed and self._control is not None:
+            self._control.reconfigure(config.mqtt)
 
-    def _set_background(self, args: dict[str, Any]) -> dict[str, Any]:
-        media_dir = self._config.resolved_media_dir()
-        if "name" in args:
-            resolve_asset(str(args["name"]), media_dir)  # confinement check before anything changes
-            name = str(args["name"])
-        elif "image_base64" in args:
-            name = uploads.store(str(args["image_base64"]), media_dir, self._config.compose)
-        else:
-            raise MediaError("background/set needs 'name' or 'image_base64'")
-        patched = config_mod.apply_patch(
-            self._config, {"compose": {"mode": "replace", "background": name}}
-        )
-        self.apply_config(patched)
-        return {"background": name}
+    # -- helpers ---------------------------------------------------------------------------------
 
     def _view_state(self) -> dict[str, Any]:
         """What the browser view shows beside `state`: rate and viewers."""
@@ -500,30 +394,5 @@ class Daemon:
         if not health.ok:
             line = f"problem: {health.problem}; {health.source_fps:.1f} fps from the camera, {line}"
         if self._awaiting_camera:
-            line = f"waiting for camera {redact.mask_uri(self._config.source.uri)}; {line}"
+            line = f"waiting for camera {redact.mask_uri(self.config().source.uri)}; {line}"
         return line
-
-
-def _live(old: Config, new: Config, changed: set[str]) -> bool:
-    """Whether going from `old` to `new` (differing in sections `changed`) needs no restart:
-    only live sections changed, and in other sections only their LIVE_FIELDS."""
-    for section in changed - LIVE_SECTIONS:
-        before, after = getattr(old, section), getattr(new, section)
-        fields = LIVE_FIELDS.get(section, set())
-        if not fields or any(
-            getattr(before, name) != getattr(after, name)
-            for name in type(before).model_fields
-            if name not in fields
-        ):
-            return False
-    return True
-
-
-def _remember_secrets(config: Config) -> None:
-    """Mask this config's passwords (camera URI, RTSP, broker, browser view) in every log line
-    and message."""
-    with contextlib.suppress(ValueError):  # not a parseable URI: it has no password part either
-        redact.remember_secret(urlsplit(config.source.uri).password)
-    for section in (config.stream, config.mqtt, config.http):
-        with contextlib.suppress(EdgeMatteError):  # unreadable: nothing to mask (preflight says)
-            redact.remember_secret(section.resolved_password())

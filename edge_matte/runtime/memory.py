@@ -1,19 +1,10 @@
 """Keep the daemon's resident memory at what is live (glibc malloc tuning; no-op elsewhere).
 
-Frames pass through multi-megabyte buffers on many threads (capture, matting, encoding, one
-GStreamer thread or more per RTSP viewer), and glibc gives each thread that allocates
-concurrently an arena of its own: up to 8 per core. Memory freed into an arena stays there, so
-RSS climbs in steps for as long as new threads meet new arenas, which reads like a leak in a
-soak (a 720p soak: +40 MB over the first 5 min; +12% over 30 min with 666 viewer sessions).
-Two arenas are plenty for a handful of busy threads, and a trim after the work that frees the
-most (the last viewer leaving) or once a minute gives the rest back (the daemon's supervisor
-calls it: a trim can take a while on a big heap, and must not stall a serving thread).
-
-The same trims are why freed frame buffers may stay in the heap between them: by default glibc
-serves blocks above 128 KB (rising to at most 32 MB as it sees them freed) with mmap and trims
-the heap's top above twice that, so each frame's tensors come as fresh pages the kernel must
-fault in and zero. At 720p that was ~30,000 page faults and 50-120 ms of system CPU a frame,
-about a fifth of a matting call's time on 2 cores. `keep_freed_memory` raises both thresholds.
+glibc gives each thread that allocates concurrently an arena of its own and keeps what is freed
+there, so RSS climbs with every new RTSP viewer thread, like a leak; arenas are capped at two and
+trimmed after the last viewer leaves or once a minute (by the daemon's supervisor: a trim can
+take a while and must not stall a serving thread). `keep_freed_memory` keeps freed frame buffers
+in the heap instead of faulting fresh pages in every frame. Measured: docs/performance.md.
 """
 
 from __future__ import annotations

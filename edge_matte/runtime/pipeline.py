@@ -111,7 +111,10 @@ class Pipeline:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the RTSP server and the three stage threads."""
+        """Open the camera (in the background), start the RTSP server and the three stage threads.
+
+        The constructor starts nothing, so its owner can subscribe to the events first."""
+        self.source.start()  # opening overlaps the plate restore and the engine's preparation
         self.plate.restore(*self.size)
         # TensorRT builds here, extending systemd's timeout
         on_passing_thread(lambda: self.engine.prepare(self.size[1], self.size[0]))

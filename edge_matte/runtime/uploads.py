@@ -5,6 +5,7 @@ kept in the media directory as `upload-<hash>.png`. Three limits from `compose` 
 a remote controller can use: the size of one upload, how many are kept and their total bytes.
 To make room the oldest uploads not in use (not the current background) are removed; an upload
 that cannot fit even then is refused and nothing is written or removed.
+`background_change` turns a `background/set` command into the config change it asks for.
 """
 
 from __future__ import annotations
@@ -14,16 +15,31 @@ import binascii
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import cv2
 
 from edge_matte import atomic
-from edge_matte.config.schema import ComposeConfig
+from edge_matte.config.schema import ComposeConfig, Config, apply_patch
 from edge_matte.errors import MediaError, StorageError
-from edge_matte.output.media import decode_image
+from edge_matte.output.media import decode_image, resolve_asset
 
 _LOG = logging.getLogger(__name__)
 PREFIX = "upload-"
+
+
+def background_change(args: dict[str, Any], config: Config) -> tuple[str, Config]:
+    """The background `background/set` names (a file in the media directory, or an image
+    uploaded now and stored there) and `config` replacing the background with it."""
+    media_dir = config.resolved_media_dir()
+    if "name" in args:
+        name = str(args["name"])
+        resolve_asset(name, media_dir)  # confinement check before anything changes
+    elif "image_base64" in args:
+        name = store(str(args["image_base64"]), media_dir, config.compose)
+    else:
+        raise MediaError("background/set needs 'name' or 'image_base64'")
+    return name, apply_patch(config, {"compose": {"mode": "replace", "background": name}})
 
 
 def store(encoded: str, media_dir: Path, compose: ComposeConfig) -> str:

@@ -65,13 +65,17 @@ class Tree:
 
 
 def shipped_dir() -> Path:
-    """The directory holding the unit files and example config (the source tree's systemd/)."""
-    path = Path(__file__).resolve().parents[2] / "systemd"
-    if not (path / UNIT).is_file():
-        raise ConfigError(
-            f"unit files not found in {path}: install edge-matte from its source tree"
-        )
-    return path
+    """The directory holding the unit files and example config: the copy an installed wheel
+    carries in this package (see setup.py), else the source tree's systemd/ (a checkout or an
+    editable install)."""
+    here = Path(__file__).resolve()
+    places = (here.parent / "systemd", here.parents[2] / "systemd")
+    for path in places:
+        if (path / UNIT).is_file():
+            return path
+    raise ConfigError(
+        f"unit files not found in {' or '.join(map(str, places))}: reinstall edge-matte"
+    )
 
 
 def default_exec_path() -> Path:
