@@ -111,24 +111,32 @@ def _port_clash(config: Config) -> None:
 
 def _bind_addresses(config: Config) -> None:
     """A bind address that does not resolve, or is not this machine's, fails at every restart."""
-    found: list[str] = []
-    for key, section in (("stream", config.stream), ("http", config.http)):
-        if not section.enabled:
-            continue
-        try:
-            family, kind, _, _, address = socket.getaddrinfo(
-                section.bind, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            with socket.socket(family, kind) as probe:
-                probe.bind(address)  # port 0: proves the address is ours, takes nothing
-        except socket.gaierror as err:
-            found.append(f"{key}.bind: {section.bind!r} does not resolve ({err.strerror})")
-        except OSError as err:
-            found.append(
-                f"{key}.bind: {section.bind!r} is not an address of this machine ({err.strerror})"
-            )
+    found = [
+        f"{key}.bind: {section.bind!r} {problem}"
+        for key, section in (("stream", config.stream), ("http", config.http))
+        if section.enabled and (problem := _unbindable(section.bind)) is not None
+    ]
     if found:
         raise ConfigError("; ".join(found), found)
+
+
+def _unbindable(host: str) -> str | None:
+    """Why no address `host` resolves to can be bound here (None: one can). Every address is
+    tried: `localhost` may list ::1 first on a board with IPv6 switched off."""
+    try:
+        addresses = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        return f"does not resolve ({err.strerror})"
+    error = ""
+    for family, kind, _, _, address in addresses:
+        try:
+            with socket.socket(family, kind) as probe:
+                probe.bind(address)  # port 0: proves the address is ours, takes nothing
+        except OSError as err:
+            error = err.strerror or str(err)
+        else:
+            return None
+    return f"is not an address of this machine ({error})"
 
 
 def _mqtt(config: Config) -> None:
